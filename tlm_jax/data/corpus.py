@@ -1,0 +1,153 @@
+"""From a :class:`~tlm_jax.config.DataConfig` to a tokenizer and cached token arrays.
+
+Three things are cached under the cache directory, each keyed by a hash of
+everything it depends on, so a second run with the same settings does no work:
+
+1. the subset plan (which documents, which are validation) -- source + subset;
+2. the trained tokenizer -- plan + vocabulary settings;
+3. the token arrays -- plan + tokenizer hash + token budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from tlm_jax.config import DataConfig, expand_path
+from tlm_jax.data import cache as cache_lib
+from tlm_jax.data.sources import iter_documents, source_fingerprint
+from tlm_jax.data.subset import SubsetPlan, iter_selected, plan_subset, take_words
+from tlm_jax.data.synthetic import synthetic_corpus
+from tlm_jax.data.tokenizer import (
+    SpecialTokens,
+    load_tokenizer,
+    special_tokens,
+    tokenizer_hash,
+    train_wordpiece,
+)
+
+
+@dataclass
+class Corpus:
+    """A prepared pretraining corpus."""
+
+    tokenizer: Tokenizer
+    special: SpecialTokens
+    train: cache_lib.TokenArrays
+    val: cache_lib.TokenArrays
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def doc_factory(cfg: DataConfig) -> Callable[[], Iterator[str]]:
+    """A function returning a fresh iterator over the configured source's documents."""
+    if cfg.source == "synthetic":
+        return lambda: synthetic_corpus(cfg.synthetic_docs, cfg.seed)
+    paths = [expand_path(p) for p in cfg.paths]
+    kwargs = _source_kwargs(cfg)
+    return lambda: iter_documents(cfg.source, paths, **kwargs)
+
+
+def _source_kwargs(cfg: DataConfig) -> dict[str, Any]:
+    return dict(text_field=cfg.text_field, domains=list(cfg.domains) or None,
+                tfds_name=cfg.tfds_name or None, tfds_split=cfg.tfds_split,
+                tfds_data_dir=cfg.tfds_data_dir or None)
+
+
+def source_key(cfg: DataConfig) -> str:
+    """Fingerprint of the source content."""
+    if cfg.source == "synthetic":
+        return _hash({"synthetic": cfg.synthetic_docs, "seed": cfg.seed, "v": 1})
+    return source_fingerprint(cfg.source, [expand_path(p) for p in cfg.paths],
+                              **_source_kwargs(cfg))
+
+
+def _plan(cfg: DataConfig, root: Path, src_key: str, log: Callable[[str], None]
+          ) -> tuple[SubsetPlan, str]:
+    key = _hash({"src": src_key, "subset": cfg.subset, "n": cfg.num_docs, "seed": cfg.seed,
+                 "val_fraction": cfg.val_fraction, "val_docs": cfg.val_docs})
+    path = root / "plans" / f"{key}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return SubsetPlan(z["train_ids"], z["val_ids"], int(z["total_docs"])), key
+    t0 = time.perf_counter()
+    plan = plan_subset(doc_factory(cfg), mode=cfg.subset, num_docs=cfg.num_docs or None,
+                       seed=cfg.seed, val_fraction=cfg.val_fraction, val_docs=cfg.val_docs or None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, train_ids=plan.train_ids, val_ids=plan.val_ids, total_docs=plan.total_docs)
+    tmp.replace(path)
+    log(f"subset: {len(plan.train_ids)} train / {len(plan.val_ids)} val documents of "
+        f"{plan.total_docs} ({time.perf_counter() - t0:.1f}s)")
+    return plan, key
+
+
+def _tokenizer(cfg: DataConfig, root: Path, plan_key: str, train_docs: Callable[[], Iterator[str]],
+               log: Callable[[str], None]) -> tuple[Tokenizer, str]:
+    if cfg.tokenizer != "train":
+        tok = load_tokenizer(expand_path(cfg.tokenizer), lowercase=cfg.lowercase)
+        return tok, "loaded:" + str(cfg.tokenizer)
+    budget = cfg.tokenizer_max_words
+    if cfg.num_tokens:
+        budget = min(budget, cfg.num_tokens) if budget else cfg.num_tokens
+    key = _hash({"plan": plan_key, "vocab": cfg.vocab_size, "lower": cfg.lowercase,
+                 "words": budget, "v": 1})
+    path = root / "tokenizers" / f"{key}.json"
+    if path.is_file():
+        return load_tokenizer(path), "cached:" + key
+    t0 = time.perf_counter()
+    docs = train_docs()
+    tok = train_wordpiece(take_words(docs, budget) if budget else docs, cfg.vocab_size,
+                          lowercase=cfg.lowercase)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)
+    log(f"tokenizer: trained WordPiece, {tok.get_vocab_size()} tokens "
+        f"({time.perf_counter() - t0:.1f}s)")
+    return tok, "trained:" + key
+
+
+def prepare_corpus(cfg: DataConfig, *, progress: bool = True,
+                   log: Callable[[str], None] = print) -> Corpus:
+    """Subset -> tokenizer -> token cache, each reused from the cache when possible."""
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_lib.default_cache_dir()
+    t0 = time.perf_counter()
+    src_key = source_key(cfg)
+    plan, plan_key = _plan(cfg, root, src_key, log)
+    factory = doc_factory(cfg)
+    train_docs = lambda: iter_selected(factory, plan.train_ids)  # noqa: E731
+    val_docs = lambda: iter_selected(factory, plan.val_ids)  # noqa: E731
+    tok, tok_origin = _tokenizer(cfg, root, plan_key, train_docs, log)
+    special = special_tokens(tok)
+    tok_hash = tokenizer_hash(tok)
+    key = _hash({"plan": plan_key, "tok": tok_hash, "budget": cfg.num_tokens,
+                 "v": cache_lib.CACHE_VERSION})
+    arrays, meta = cache_lib.build_or_load(
+        root / "tokens", key, tok,
+        {"train": (train_docs, len(plan.train_ids), cfg.num_tokens),
+         "val": (val_docs, len(plan.val_ids), 0)},
+        info={"source_key": src_key, "plan_key": plan_key, "tokenizer_hash": tok_hash},
+        progress=progress, log=log)
+    seconds = time.perf_counter() - t0
+    info = {"cache_dir": str(root / "tokens" / key), "cache_reused": meta["reused"],
+            "prepare_seconds": round(seconds, 2), "build_seconds": meta.get("build_seconds"),
+            "tokenizer": tok_origin, "tokenizer_hash": tok_hash, "vocab_size": special.vocab_size,
+            "train_docs": len(arrays["train"]), "train_tokens": arrays["train"].num_tokens,
+            "val_docs": len(arrays["val"]), "val_tokens": arrays["val"].num_tokens,
+            "total_docs": plan.total_docs}
+    log(f"data: {info['train_docs']} train docs / {info['train_tokens']:,} tokens, "
+        f"{info['val_docs']} val docs; token cache {'reused' if meta['reused'] else 'built'} "
+        f"in {seconds:.1f}s")
+    return Corpus(tok, special, arrays["train"], arrays["val"], info)

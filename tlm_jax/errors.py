@@ -1,0 +1,36 @@
+"""User-facing errors: one line that names the cause and the fix.
+
+Every error a user can cause (bad path, malformed file, config that does not fit
+the mesh, vocabulary mismatch, corrupt checkpoint, ...) is raised as a
+:class:`TLMError`. The CLI prints ``error: <cause> (fix: <fix>)`` and exits with
+status 2 instead of showing a traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+
+class TLMError(Exception):
+    """An error caused by input the user controls, carrying the fix.
+
+    Args:
+        cause: what is wrong, in one sentence.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, cause: str, fix: str = "") -> None:
+        self.cause = cause
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """The message as a single line: ``cause (fix: ...)``."""
+        text = " ".join(self.cause.split())
+        if self.fix:
+            text += f" (fix: {' '.join(self.fix.split())})"
+        return text
+
+
+def require(condition: bool, cause: str, fix: str = "") -> None:
+    """Raise :class:`TLMError` with ``cause``/``fix`` unless ``condition`` holds."""
+    if not condition:
+        raise TLMError(cause, fix)

@@ -1,0 +1,146 @@
+"""BERT encoder with a tied masked-LM head that scores only masked positions.
+
+``BertModel.__call__`` takes the *inputs* dict an objective produces
+(``input_ids``, ``attention_mask``, optional ``token_type_ids`` and
+``masked_positions``) and returns an outputs dict: ``hidden`` always, and
+``mlm_logits`` ``[batch, predictions, vocab]`` when ``masked_positions`` is
+given. Gathering the masked positions before the vocabulary projection is what
+makes the head cheap: ~15 % of the tokens, not all of them, meet the largest
+matmul of a small model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tlm_jax.config import ModelConfig
+from tlm_jax.models.layers import MLP, Dense, Embed, LayerNorm, SelfAttention, activation, dtype_of
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer, as in BERT."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        c = self.cfg
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        head_dim = c.head_dim or c.hidden // c.heads
+        a = SelfAttention(c.heads, head_dim, c.attention_dropout, dtype=dt, param_dtype=pdt,
+                          init_std=c.init_std, name="attention")(x, mask, deterministic)
+        a = nn.Dropout(c.dropout)(a, deterministic=deterministic)
+        x = LayerNorm(c.layer_norm_eps, dt, pdt, name="attention_norm")(x + a)
+        h = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, name="mlp")(x)
+        h = nn.Dropout(c.dropout)(h, deterministic=deterministic)
+        x = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")(x + h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout."""
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        c = self.cfg
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        self.word = Embed(c.vocab_size, c.hidden, ("vocab", "embed"), dt, pdt, c.init_std)
+        self.position = Embed(c.max_len, c.hidden, ("positions", "embed"), dt, pdt, c.init_std)
+        self.token_type = Embed(c.type_vocab_size, c.hidden, ("types", "embed"), dt, pdt,
+                                c.init_std)
+        self.norm = LayerNorm(c.layer_norm_eps, dt, pdt)
+        self.drop = nn.Dropout(c.dropout)
+
+    def __call__(self, ids: jax.Array, types: jax.Array, deterministic: bool) -> jax.Array:
+        pos = jnp.arange(ids.shape[1])[None, :]
+        x = self.word(ids) + self.position(pos) + self.token_type(types)
+        return self.drop(self.norm(x), deterministic=deterministic)
+
+
+class MLMHead(nn.Module):
+    """Transform (dense, activation, LayerNorm) then the tied vocabulary projection."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, word: Embed) -> jax.Array:
+        c = self.cfg
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        h = Dense((c.hidden,), ("embed", "embed_out"), dtype=dt, param_dtype=pdt,
+                  kernel_init=nn.initializers.normal(c.init_std), name="transform")(h)
+        h = activation(c.activation)(h)
+        h = LayerNorm(c.layer_norm_eps, dt, pdt, name="norm")(h)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               ("vocab",)), (c.vocab_size,), pdt)
+        return word.attend(h) + bias.astype(jnp.float32)
+
+
+def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """``x[b, positions[b, p]]`` for ``x: [B, L, H]``, ``positions: [B, P]`` -> ``[B, P, H]``."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class BertModel(nn.Module):
+    """The BERT encoder plus the heads objectives ask for.
+
+    Heads: ``mlm`` (tied, at ``masked_positions``), ``token`` (a per-token
+    classifier with ``token_classes`` outputs, for replaced/swapped-token
+    objectives), ``pooler`` (tanh dense on [CLS], BERT-compatible).
+    """
+
+    cfg: ModelConfig
+    token_classes: int = 0
+
+    def setup(self) -> None:
+        self.embeddings = Embeddings(self.cfg)
+        self.front = self._front_end()
+        self.encoder_layers = [EncoderLayer(self.cfg, name=f"layer_{i}")
+                               for i in range(self.cfg.layers)]
+        self.mlm = MLMHead(self.cfg)
+        if self.token_classes:
+            c = self.cfg
+            self.token_head = Dense((self.token_classes,), ("embed", "classes"),
+                                    dtype=dtype_of(c.dtype), param_dtype=dtype_of(c.param_dtype),
+                                    kernel_init=nn.initializers.normal(c.init_std))
+
+    def _front_end(self) -> nn.Module | None:
+        if self.cfg.conv_blocks <= 0:
+            return None
+        from tlm_jax.models.conv import ConvFrontEnd  # noqa: PLC0415 - optional block
+
+        return ConvFrontEnd(self.cfg)
+
+    def encode(self, inputs: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+        """Hidden states ``[batch, length, hidden]``."""
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = jnp.ones_like(ids)
+        types = inputs.get("token_type_ids")
+        if types is None:
+            types = jnp.zeros_like(ids)
+        x = self.embeddings(ids, types, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        if self.front is not None:
+            x = self.front(x, deterministic)
+        for layer in self.encoder_layers:
+            x = layer(x, mask, deterministic)
+        return x
+
+    def __call__(self, inputs: dict[str, jax.Array], deterministic: bool = True,
+                 heads: tuple[str, ...] = ("mlm",)) -> dict[str, Any]:
+        h = self.encode(inputs, deterministic)
+        out: dict[str, Any] = {"hidden": h}
+        if "mlm" in heads and "masked_positions" in inputs:
+            out["mlm_logits"] = self.mlm(gather_positions(h, inputs["masked_positions"]),
+                                         self.embeddings.word)
+        if "mlm_dense" in heads:
+            out["mlm_logits_dense"] = self.mlm(h, self.embeddings.word)
+        if "token" in heads and self.token_classes:
+            out["token_logits"] = self.token_head(h).astype(jnp.float32)
+        return out

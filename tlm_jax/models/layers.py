@@ -1,0 +1,182 @@
+"""Building blocks shared by the encoder and decoder.
+
+Every parameter carries logical axis names (see :mod:`tlm_jax.sharding`). Every
+matmul asks XLA for float32 accumulation (``preferred_element_type``): on CPU a
+bf16 x bf16 -> bf16 dot is several times slower than the same dot accumulating in
+f32, and on accelerators f32 accumulation is what one wants anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    """``"float32"``/``"bfloat16"`` -> jnp dtype."""
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The MLP nonlinearity by name (BERT uses the exact erf GELU)."""
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+    }[name]
+
+
+def matmul(x: jax.Array, w: jax.Array, contract: int = 1, dtype: Dtype = jnp.float32) -> jax.Array:
+    """``x @ w`` contracting the last ``contract`` dims of x with the first of w.
+
+    Inputs are cast to ``dtype``; accumulation is float32; the result is ``dtype``.
+    """
+    dims = (tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract)))
+    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (dims, ((), ())),
+                            preferred_element_type=jnp.float32)
+    return y.astype(dtype)
+
+
+class Dense(nn.Module):
+    """A dense layer over the last ``len(in_axes)`` input dims with named axes.
+
+    Attributes:
+        features: output feature shape (e.g. ``(heads, head_dim)``).
+        axes: logical names of the kernel dims: input dims then output dims.
+    """
+
+    features: Sequence[int]
+    axes: Sequence[str | None]
+    contract: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.contract:]
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.axes)),
+            (*in_shape, *self.features), self.param_dtype)
+        y = matmul(x, kernel, self.contract, self.dtype)
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                     tuple(self.axes[self.contract:])),
+                tuple(self.features), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32 with named ``norm`` parameters."""
+
+    eps: float = 1e-12
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                 ("norm",)), (h,), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               ("norm",)), (h,), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection.
+
+    The fused ``[embed, 3, heads, kv]`` kernel gives XLA one large matmul instead
+    of three small ones; heads are the tensor-parallel axis.
+    """
+
+    heads: int
+    head_dim: int
+    dropout: float = 0.0
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        hidden = x.shape[-1]
+        init = nn.initializers.normal(self.init_std)
+        qkv = Dense((3, self.heads, self.head_dim), ("embed", None, "heads", "kv"),
+                    dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
+                    name="qkv")(x)
+        qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = q * jnp.asarray(self.head_dim ** -0.5, self.dtype)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        # mask: [batch, key] validity (padding); causal adds the triangle.
+        allowed = mask[:, None, None, :].astype(bool)
+        if self.causal:
+            length = x.shape[1]
+            allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        if self.dropout > 0 and not deterministic:
+            probs = nn.Dropout(self.dropout)(probs, deterministic=False)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
+        ctx = nn.with_logical_constraint(ctx.astype(self.dtype), ("batch", "length", "heads", "kv"))
+        return Dense((hidden,), ("heads", "kv", "embed"), contract=2, dtype=self.dtype,
+                     param_dtype=self.param_dtype, kernel_init=init, name="out")(ctx)
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward block; its columns are tensor-parallel."""
+
+    intermediate: int
+    activation: str = "gelu"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(self.init_std)
+        h = Dense((self.intermediate,), ("embed", "mlp"), dtype=self.dtype,
+                  param_dtype=self.param_dtype, kernel_init=init, name="wi")(x)
+        h = activation(self.activation)(h)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        return Dense((x.shape[-1],), ("mlp", "embed"), dtype=self.dtype,
+                     param_dtype=self.param_dtype, kernel_init=init, name="wo")(h)
+
+
+class Embed(nn.Module):
+    """A lookup table ``[num, features]`` with named axes, also usable as a tied decoder."""
+
+    num: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_std: float = 0.02
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
+                                                      self.axes),
+            (self.num, self.features), self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """``x @ embedding.T`` (tied output projection), f32 accumulation."""
+        return jnp.einsum("...e,ve->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)

@@ -1,0 +1,265 @@
+"""The pretraining loop: data -> sharded state -> jitted steps -> metrics and checkpoints.
+
+``pretrain(cfg, workdir)`` is resumable: run it again with the same workdir and
+it continues from the newest complete checkpoint, with the model, optimizer,
+step, RNG and data-iterator position all restored, so the losses after the
+restart equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from tlm_jax import sharding as shd
+from tlm_jax.config import Config, read_config, save_config, to_dict
+from tlm_jax.data.corpus import Corpus, prepare_corpus
+from tlm_jax.data.pipeline import (
+    ExampleSource,
+    epoch_of,
+    eval_batches,
+    make_dataset,
+    make_iterator,
+)
+from tlm_jax.data.tokenizer import tokenizer_hash
+from tlm_jax.distributed import is_main_process, maybe_initialize
+from tlm_jax.errors import TLMError
+from tlm_jax.models import build_model, count_params
+from tlm_jax.objectives import build_objectives
+from tlm_jax.train.checkpoint import Checkpointer
+from tlm_jax.train.metrics import MetricsLogger
+from tlm_jax.train.optimizer import make_optimizer
+from tlm_jax.train.state import TrainState, create_state, state_shardings
+from tlm_jax.train.step import make_eval_step, make_train_step, summarize_eval
+
+# Config sections that must not change when a run is resumed.
+_FROZEN_SECTIONS = ("data", "model", "objective")
+
+
+def _check_resume_config(cfg: Config, workdir: Path) -> None:
+    path = workdir / "config.json"
+    if not path.exists() or not (workdir / "checkpoints").exists():
+        return
+    old = to_dict(read_config(path))
+    new = to_dict(cfg)
+    for section in _FROZEN_SECTIONS:
+        o, n = dict(old[section]), dict(new[section])
+        if section == "model":
+            o.pop("vocab_size", None)
+            n.pop("vocab_size", None)
+        diff = sorted(k for k in n if o.get(k) != n.get(k))
+        if diff:
+            raise TLMError(
+                f"{workdir} holds a run whose {section} settings differ ({', '.join(diff)})",
+                "resume with the same settings or use a new --workdir")
+
+
+def _save_tokenizer(corpus: Corpus, workdir: Path) -> None:
+    path = workdir / "tokenizer.json"
+    if path.exists():
+        from tlm_jax.data.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        if tokenizer_hash(load_tokenizer(path)) != tokenizer_hash(corpus.tokenizer):
+            raise TLMError(f"{path} differs from the tokenizer of this data configuration "
+                           "(vocabulary mismatch)", "use a new --workdir")
+        return
+    corpus.tokenizer.save(str(path))
+
+
+def total_steps(cfg: Config, num_examples: int) -> int:
+    """``train.steps`` or, when 0, the steps for ``train.epochs`` passes over the data."""
+    if cfg.train.steps > 0:
+        return cfg.train.steps
+    if cfg.train.epochs <= 0:
+        raise TLMError("neither train.steps nor train.epochs is set", "set one of them")
+    return max(1, math.ceil(cfg.train.epochs * num_examples / cfg.train.batch_size))
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything :func:`pretrain` builds before the loop (reused by tests and tools)."""
+
+    cfg: Config
+    corpus: Corpus
+    model: nn.Module
+    objectives: list
+    mesh: jax.sharding.Mesh
+    train_source: ExampleSource
+    val_source: ExampleSource
+    steps: int
+    tx: Any
+    schedule: Any
+
+
+def build_run(cfg: Config, *, log: Callable[[str], None] = print) -> Run:
+    """Prepare data, model, objectives, mesh and optimizer for ``cfg`` (no state yet)."""
+    corpus = prepare_corpus(cfg.data, progress=cfg.train.progress and is_main_process(), log=log)
+    if cfg.model.vocab_size and cfg.model.vocab_size != corpus.special.vocab_size:
+        raise TLMError(f"model.vocab_size={cfg.model.vocab_size} does not match the tokenizer's "
+                       f"{corpus.special.vocab_size} tokens",
+                       "drop model.vocab_size (it defaults to the tokenizer's) or match it")
+    cfg.model.vocab_size = corpus.special.vocab_size
+    objectives = build_objectives(cfg.objective, corpus.special, cfg.data.max_len)
+    token_classes = max((o.token_classes for o, _ in objectives), default=0)
+    model = build_model(cfg.model, token_classes=token_classes)
+    if cfg.train.parallel == "pmap":
+        mesh = shd.make_mesh(data=-1, fsdp=1, tensor=1, devices=jax.local_devices())
+    else:
+        mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    shd.check_model_fits(mesh, vocab=cfg.model.vocab_size, hidden=cfg.model.hidden,
+                         heads=cfg.model.heads, intermediate=cfg.model.intermediate,
+                         batch=cfg.train.batch_size // max(cfg.optim.grad_accum, 1))
+    train_source = ExampleSource(corpus.train, corpus.special, cfg.data.max_len, cfg.data.packing)
+    val_source = ExampleSource(corpus.val, corpus.special, cfg.data.max_len, cfg.data.packing)
+    steps = total_steps(cfg, len(train_source))
+    tx, schedule = make_optimizer(cfg.optim, steps)
+    return Run(cfg, corpus, model, objectives, mesh, train_source, val_source, steps, tx, schedule)
+
+
+def _to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(shd.batch_sharding(mesh, v.ndim), v)
+            for k, v in batch.items()}
+
+
+def _to_pmap(batch: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
+
+
+def pretrain(cfg: Config, workdir: str | Path, *, log: Callable[[str], None] = print
+             ) -> dict[str, Any]:
+    """Train (or resume) the run in ``workdir``; returns a summary dict."""
+    maybe_initialize(cfg.distributed)
+    workdir = Path(workdir)
+    main = is_main_process()
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_resume_config(cfg, workdir)
+    run = build_run(cfg, log=log if main else (lambda _: None))
+    if main:
+        _save_tokenizer(run.corpus, workdir)
+        save_config(cfg, workdir / "config.json")
+        (workdir / "data_info.json").write_text(json.dumps(run.corpus.info, indent=2) + "\n")
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        return _loop(run, workdir, log if main else (lambda _: None))
+
+
+def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    cfg, mesh = run.cfg, run.mesh
+    pmap = cfg.train.parallel == "pmap"
+    length = cfg.data.max_len
+    abstract, shardings = state_shardings(run.model, run.tx, mesh, length)
+    ckpt = Checkpointer(workdir / "checkpoints", every=cfg.train.checkpoint_every,
+                        keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoint,
+                        log=log)
+    restored = ckpt.restore(abstract, shardings)
+    data_state: dict[str, Any] = {}
+    if restored:
+        start, state, data_state, _ = restored
+        log(f"resumed from checkpoint at step {start}")
+    else:
+        start = 0
+        state, _ = create_state(run.model, run.tx, mesh, cfg.train.seed, length)
+    n_params = count_params(state.params)
+    log(f"model: {cfg.model.preset} ({cfg.model.arch}), {n_params:,} parameters; mesh "
+        f"{dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))}; {run.steps} steps")
+
+    ds = make_dataset(run.train_source, cfg.train.batch_size, seed=cfg.data.seed + cfg.train.seed)
+    it = make_iterator(ds, prefetch=cfg.data.prefetch, workers=cfg.data.grain_workers)
+    if data_state:
+        it.set_state(data_state)
+
+    train_step = make_train_step(run.model, run.objectives, run.tx, run.schedule,
+                                 grad_accum=cfg.optim.grad_accum,
+                                 axis_name="batch" if pmap else None)
+    eval_step = make_eval_step(run.model, run.objectives, axis_name="batch" if pmap else None)
+    if pmap:
+        n_local = jax.local_device_count()
+        step_fn = jax.pmap(train_step, axis_name="batch", donate_argnums=0)
+        eval_fn = jax.pmap(eval_step, axis_name="batch")
+        state = jax.device_put_replicated(state, jax.local_devices())
+        prep = lambda b: _to_pmap(b, n_local)  # noqa: E731
+        host_state = lambda s: jax.tree.map(lambda x: x[0], s)  # noqa: E731
+    else:
+        step_fn = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, None),
+                          donate_argnums=0)
+        eval_fn = jax.jit(eval_step, in_shardings=(shardings, None))
+        prep = lambda b: _to_global(b, mesh)  # noqa: E731
+        host_state = lambda s: s  # noqa: E731
+
+    main = is_main_process()
+    pad = run.corpus.special.pad
+    logger = MetricsLogger(workdir, resume_step=start, tensorboard=cfg.train.tensorboard,
+                           enabled=main)
+    meta = {"config": to_dict(cfg), "tokenizer_hash": run.corpus.info["tokenizer_hash"]}
+
+    def evaluate(step: int) -> dict[str, float]:
+        sums = []
+        for b in eval_batches(run.val_source, cfg.train.batch_size, cfg.train.eval_batches):
+            out = eval_fn(state, prep(b))
+            sums.append(jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0], jax.device_get(out)))
+        res = summarize_eval(sums, run.objectives)
+        if res:
+            logger.log(step, res, prefix="val")
+        return res
+
+    bar = tqdm(total=run.steps, initial=start, disable=not (cfg.train.progress and main),
+               unit="step", dynamic_ncols=True)
+    first_val = evaluate(start) if start == 0 and len(run.val_source) else {}
+    last_val: dict[str, float] = first_val
+    t_last, tokens_since, steps_since = time.perf_counter(), 0.0, 0
+    t_start = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    step = start
+    try:
+        for step in range(start, run.steps):
+            batch = next(it)
+            state, metrics = step_fn(state, prep(batch))
+            steps_since += 1
+            tokens_since += float((batch["input_ids"] != pad).sum()) * jax.process_count()
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == run.steps:
+                m = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                m.pop("tokens")
+                m["tokens_per_sec"] = tokens_since / max(now - t_last, 1e-9)
+                m["steps_per_sec"] = steps_since / max(now - t_last, 1e-9)
+                m["epoch"] = epoch_of(done, cfg.train.batch_size, len(run.train_source))
+                t_last, steps_since, tokens_since = now, 0, 0.0
+                logger.log(done, m)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}",
+                                tok_s=f"{m['tokens_per_sec']:,.0f}", refresh=False)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != run.steps:
+                last_val = evaluate(done)
+            if done % cfg.train.checkpoint_every == 0 or done == run.steps:
+                if done == run.steps and len(run.val_source):
+                    last_val = evaluate(done)
+                ckpt.save(done, host_state(state), it.get_state(), {**meta, "step": done},
+                          force=done == run.steps)
+            bar.update(1)
+    finally:
+        bar.close()
+        ckpt.close()
+        logger.close()
+    seconds = time.perf_counter() - t_start
+    summary = {"workdir": str(workdir), "steps": run.steps, "start_step": start,
+               "parameters": n_params, "seconds": round(seconds, 1),
+               "first_val": first_val, "final_val": last_val,
+               "final_train_loss": float(np.asarray(metrics["loss"]).reshape(-1)[0])
+               if metrics else None,
+               "data": run.corpus.info}
+    if main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+__all__ = ["Run", "TrainState", "build_run", "pretrain", "total_steps"]
