@@ -44,6 +44,8 @@ class Corpus:
     train: cache_lib.TokenArrays
     val: cache_lib.TokenArrays
     info: dict[str, Any] = field(default_factory=dict)
+    # Raw (not rewritten) training documents, for objectives' host-side setup (taggers).
+    documents: Callable[[], Iterator[str]] | None = None
 
 
 def _hash(obj: Any) -> str:
@@ -83,7 +85,8 @@ def _plan(cfg: DataConfig, root: Path, src_key: str, log: Callable[[str], None]
         return SubsetPlan(z["train_ids"], z["val_ids"], int(z["total_docs"])), key
     t0 = time.perf_counter()
     plan = plan_subset(doc_factory(cfg), mode=cfg.subset, num_docs=cfg.num_docs or None,
-                       seed=cfg.seed, val_fraction=cfg.val_fraction, val_docs=cfg.val_docs or None)
+                       seed=cfg.seed, val_fraction=0.0 if cfg.val_docs else cfg.val_fraction,
+                       val_docs=cfg.val_docs or None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, train_ids=plan.train_ids, val_ids=plan.val_ids, total_docs=plan.total_docs)
@@ -93,23 +96,43 @@ def _plan(cfg: DataConfig, root: Path, src_key: str, log: Callable[[str], None]
     return plan, key
 
 
+def _rewritten(docs: Iterator[str], transform: Callable[[list[str]], list[str]],
+               chunk: int = 64) -> Iterator[str]:
+    """Apply a batched document rewrite (objective hooks) to a document stream."""
+    buf: list[str] = []
+    for d in docs:
+        buf.append(d)
+        if len(buf) >= chunk:
+            yield from transform(buf)
+            buf = []
+    if buf:
+        yield from transform(buf)
+
+
 def _tokenizer(cfg: DataConfig, root: Path, plan_key: str, train_docs: Callable[[], Iterator[str]],
-               log: Callable[[str], None]) -> tuple[Tokenizer, str]:
+               log: Callable[[str], None], extra: tuple[str, ...] = (),
+               doc_key: str = "") -> tuple[Tokenizer, str]:
     if cfg.tokenizer != "train":
         tok = load_tokenizer(expand_path(cfg.tokenizer), lowercase=cfg.lowercase)
+        missing = [t for t in extra if tok.token_to_id(t) is None]
+        if missing:
+            tok.add_special_tokens(missing)
         return tok, "loaded:" + str(cfg.tokenizer)
     budget = cfg.tokenizer_max_words
     if cfg.num_tokens:
         budget = min(budget, cfg.num_tokens) if budget else cfg.num_tokens
-    key = _hash({"plan": plan_key, "vocab": cfg.vocab_size, "lower": cfg.lowercase,
-                 "words": budget, "v": 1})
+    key_parts = {"plan": plan_key, "vocab": cfg.vocab_size, "lower": cfg.lowercase,
+                 "words": budget, "v": 1}
+    if extra or doc_key:  # objective hooks (control tokens, rewritten documents)
+        key_parts.update(extra=list(extra), docs=doc_key)
+    key = _hash(key_parts)
     path = root / "tokenizers" / f"{key}.json"
     if path.is_file():
         return load_tokenizer(path), "cached:" + key
     t0 = time.perf_counter()
     docs = train_docs()
     tok = train_wordpiece(take_words(docs, budget) if budget else docs, cfg.vocab_size,
-                          lowercase=cfg.lowercase)
+                          lowercase=cfg.lowercase, extra_special=extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tok.save(str(tmp))
@@ -120,8 +143,15 @@ def _tokenizer(cfg: DataConfig, root: Path, plan_key: str, train_docs: Callable[
 
 
 def prepare_corpus(cfg: DataConfig, *, progress: bool = True,
-                   log: Callable[[str], None] = print) -> Corpus:
-    """Subset -> tokenizer -> token cache, each reused from the cache when possible."""
+                   log: Callable[[str], None] = print, hooks: Any = None) -> Corpus:
+    """Subset -> tokenizer -> token cache, each reused from the cache when possible.
+
+    ``hooks`` (a :class:`~tlm_jax.objectives.base.DocumentHooks`) rewrites documents
+    before tokenization and adds special tokens; its key joins the cache keys.
+    """
+    transform = getattr(hooks, "transform", None)
+    doc_key = getattr(hooks, "key", "") or ""
+    extra = tuple(getattr(hooks, "extra_special", ()) or ())
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_lib.default_cache_dir()
     t0 = time.perf_counter()
     src_key = source_key(cfg)
@@ -129,11 +159,18 @@ def prepare_corpus(cfg: DataConfig, *, progress: bool = True,
     factory = doc_factory(cfg)
     train_docs = lambda: iter_selected(factory, plan.train_ids)  # noqa: E731
     val_docs = lambda: iter_selected(factory, plan.val_ids)  # noqa: E731
-    tok, tok_origin = _tokenizer(cfg, root, plan_key, train_docs, log)
-    special = special_tokens(tok)
+    raw_train_docs = train_docs
+    if transform is not None:
+        train_docs = lambda: _rewritten(raw_train_docs(), transform)  # noqa: E731
+        val_docs = lambda: _rewritten(iter_selected(factory, plan.val_ids), transform)  # noqa: E731
+    tok, tok_origin = _tokenizer(cfg, root, plan_key, train_docs, log, extra, doc_key)
+    special = special_tokens(tok, extra)
     tok_hash = tokenizer_hash(tok)
-    key = _hash({"plan": plan_key, "tok": tok_hash, "budget": cfg.num_tokens,
-                 "v": cache_lib.CACHE_VERSION})
+    token_key = {"plan": plan_key, "tok": tok_hash, "budget": cfg.num_tokens,
+                 "v": cache_lib.CACHE_VERSION}
+    if doc_key:
+        token_key["docs"] = doc_key
+    key = _hash(token_key)
     arrays, meta = cache_lib.build_or_load(
         root / "tokens", key, tok,
         {"train": (train_docs, len(plan.train_ids), cfg.num_tokens),
@@ -150,4 +187,4 @@ def prepare_corpus(cfg: DataConfig, *, progress: bool = True,
     log(f"data: {info['train_docs']} train docs / {info['train_tokens']:,} tokens, "
         f"{info['val_docs']} val docs; token cache {'reused' if meta['reused'] else 'built'} "
         f"in {seconds:.1f}s")
-    return Corpus(tok, special, arrays["train"], arrays["val"], info)
+    return Corpus(tok, special, arrays["train"], arrays["val"], info, documents=raw_train_docs)

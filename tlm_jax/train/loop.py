@@ -8,6 +8,7 @@ restart equal those of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,6 +37,7 @@ from tlm_jax.distributed import is_main_process, maybe_initialize
 from tlm_jax.errors import TLMError
 from tlm_jax.models import build_model, count_params
 from tlm_jax.objectives import build_objectives
+from tlm_jax.objectives.base import document_hooks
 from tlm_jax.train.checkpoint import Checkpointer
 from tlm_jax.train.metrics import MetricsLogger
 from tlm_jax.train.optimizer import make_optimizer
@@ -76,6 +78,23 @@ def _save_tokenizer(corpus: Corpus, workdir: Path) -> None:
     corpus.tokenizer.save(str(path))
 
 
+VOCAB_MULTIPLE = 128
+
+
+def padded_vocab(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """Round the embedding table up so it divides any tensor-parallel size up to ``multiple``.
+
+    The extra rows are never inputs or targets; they only make the vocabulary axis shardable
+    (and its matmul better shaped), as Megatron and MaxText do.
+    """
+    return -(-n // multiple) * multiple
+
+
+def data_seed(cfg: Config) -> int:
+    """Seed of the training data order."""
+    return cfg.data.seed + cfg.train.seed
+
+
 def total_steps(cfg: Config, num_examples: int) -> int:
     """``train.steps`` or, when 0, the steps for ``train.epochs`` passes over the data."""
     if cfg.train.steps > 0:
@@ -101,21 +120,28 @@ class Run:
     schedule: Any
 
 
-def build_run(cfg: Config, *, log: Callable[[str], None] = print) -> Run:
-    """Prepare data, model, objectives, mesh and optimizer for ``cfg`` (no state yet)."""
-    corpus = prepare_corpus(cfg.data, progress=cfg.train.progress and is_main_process(), log=log)
-    if cfg.model.vocab_size and cfg.model.vocab_size != corpus.special.vocab_size:
-        raise TLMError(f"model.vocab_size={cfg.model.vocab_size} does not match the tokenizer's "
-                       f"{corpus.special.vocab_size} tokens",
-                       "drop model.vocab_size (it defaults to the tokenizer's) or match it")
-    cfg.model.vocab_size = corpus.special.vocab_size
-    objectives = build_objectives(cfg.objective, corpus.special, cfg.data.max_len)
+def build_run(cfg: Config, *, log: Callable[[str], None] = print,
+              devices: list[jax.Device] | None = None) -> Run:
+    """Prepare data, model, objectives, mesh and optimizer for ``cfg`` (no state yet).
+
+    ``devices`` restricts the mesh to those devices (default: all).
+    """
+    corpus = prepare_corpus(cfg.data, progress=cfg.train.progress and is_main_process(), log=log,
+                            hooks=document_hooks(cfg.objective, cfg.data.max_len))
+    n_tok = corpus.special.vocab_size
+    if cfg.model.vocab_size and cfg.model.vocab_size < n_tok:
+        raise TLMError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                       f"{n_tok} tokens (vocabulary mismatch)",
+                       "drop model.vocab_size (it defaults to the tokenizer's, padded) or raise it")
+    if not cfg.model.vocab_size:
+        cfg.model.vocab_size = padded_vocab(n_tok)
+    objectives = build_objectives(cfg.objective, corpus.special, cfg.data.max_len, corpus=corpus)
     token_classes = max((o.token_classes for o, _ in objectives), default=0)
     model = build_model(cfg.model, token_classes=token_classes)
     if cfg.train.parallel == "pmap":
-        mesh = shd.make_mesh(data=-1, fsdp=1, tensor=1, devices=jax.local_devices())
+        mesh = shd.make_mesh(data=-1, fsdp=1, tensor=1, devices=devices or jax.local_devices())
     else:
-        mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     shd.check_model_fits(mesh, vocab=cfg.model.vocab_size, hidden=cfg.model.hidden,
                          heads=cfg.model.heads, intermediate=cfg.model.intermediate,
                          batch=cfg.train.batch_size // max(cfg.optim.grad_accum, 1))
@@ -135,6 +161,77 @@ def _to_pmap(batch: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
 
 
+@contextlib.contextmanager
+def _mesh_context(mesh: jax.sharding.Mesh, pmap: bool) -> Any:
+    """The mesh and logical-axis rules for jit; neither for pmap.
+
+    pmap is built on shard_map with its own one-axis mesh: a context mesh or the
+    logical constraints would refer to axes that do not exist there.
+    """
+    if pmap:
+        with nn.logical_axis_rules(()):
+            yield
+    else:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+            yield
+
+
+@dataclasses.dataclass
+class CompiledSteps:
+    """The compiled train/eval steps and the host<->device glue for one parallel mode."""
+
+    train: Callable
+    eval: Callable
+    prep: Callable[[dict[str, np.ndarray]], Any]
+    put_state: Callable[[TrainState], Any]
+    host_state: Callable[[Any], TrainState]
+
+
+def compile_steps(run: Run, shardings: Any, *, pmap: bool = False) -> CompiledSteps:
+    """jit (sharded over ``run.mesh``) or pmap (replicated, data parallel) versions of the steps."""
+    axis = "batch" if pmap else None
+    train_step = make_train_step(run.model, run.objectives, run.tx, run.schedule,
+                                 grad_accum=run.cfg.optim.grad_accum, axis_name=axis)
+    eval_step = make_eval_step(run.model, run.objectives, axis_name=axis)
+    if pmap:
+        devices = run.mesh.devices.reshape(-1).tolist()
+        n = len(devices)
+        return CompiledSteps(
+            train=jax.pmap(train_step, axis_name="batch", donate_argnums=0, devices=devices),
+            eval=jax.pmap(eval_step, axis_name="batch", devices=devices),
+            prep=lambda b: _to_pmap(b, n),
+            # Through the host: pmap wants its own per-device layout, not the mesh's.
+            put_state=lambda s: jax.tree.map(
+                lambda x: np.broadcast_to(np.asarray(x), (n, *x.shape)), jax.device_get(s)),
+            host_state=lambda s: jax.tree.map(lambda x: x[0], s))
+    mesh = run.mesh
+    return CompiledSteps(
+        train=jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, None),
+                      donate_argnums=0),
+        eval=jax.jit(eval_step, in_shardings=(shardings, None)),
+        prep=lambda b: _to_global(b, mesh),
+        put_state=lambda s: s,
+        host_state=lambda s: s)
+
+
+def run_steps(run: Run, num_steps: int, *, pmap: bool = False) -> list[dict[str, float]]:
+    """Train ``num_steps`` from a fresh state without checkpoints; per-step metrics.
+
+    For equivalence tests (meshes, pmap, accumulation) and benchmarks.
+    """
+    with _mesh_context(run.mesh, pmap):
+        state, shardings = create_state(run.model, run.tx, run.mesh, run.cfg.train.seed,
+                                        run.cfg.data.max_len)
+        fns = compile_steps(run, shardings, pmap=pmap)
+        state = fns.put_state(state)
+        ds = make_dataset(run.train_source, run.cfg.train.batch_size, seed=data_seed(run.cfg))
+        out = []
+        for i in range(num_steps):
+            state, m = fns.train(state, fns.prep(ds[i]))
+            out.append({k: float(np.asarray(v).reshape(-1)[0]) for k, v in jax.device_get(m).items()})
+        return out
+
+
 def pretrain(cfg: Config, workdir: str | Path, *, log: Callable[[str], None] = print
              ) -> dict[str, Any]:
     """Train (or resume) the run in ``workdir``; returns a summary dict."""
@@ -149,7 +246,7 @@ def pretrain(cfg: Config, workdir: str | Path, *, log: Callable[[str], None] = p
         _save_tokenizer(run.corpus, workdir)
         save_config(cfg, workdir / "config.json")
         (workdir / "data_info.json").write_text(json.dumps(run.corpus.info, indent=2) + "\n")
-    with jax.set_mesh(run.mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+    with _mesh_context(run.mesh, cfg.train.parallel == "pmap"):
         return _loop(run, workdir, log if main else (lambda _: None))
 
 
@@ -173,28 +270,14 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
     log(f"model: {cfg.model.preset} ({cfg.model.arch}), {n_params:,} parameters; mesh "
         f"{dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))}; {run.steps} steps")
 
-    ds = make_dataset(run.train_source, cfg.train.batch_size, seed=cfg.data.seed + cfg.train.seed)
+    ds = make_dataset(run.train_source, cfg.train.batch_size, seed=data_seed(cfg))
     it = make_iterator(ds, prefetch=cfg.data.prefetch, workers=cfg.data.grain_workers)
     if data_state:
         it.set_state(data_state)
 
-    train_step = make_train_step(run.model, run.objectives, run.tx, run.schedule,
-                                 grad_accum=cfg.optim.grad_accum,
-                                 axis_name="batch" if pmap else None)
-    eval_step = make_eval_step(run.model, run.objectives, axis_name="batch" if pmap else None)
-    if pmap:
-        n_local = jax.local_device_count()
-        step_fn = jax.pmap(train_step, axis_name="batch", donate_argnums=0)
-        eval_fn = jax.pmap(eval_step, axis_name="batch")
-        state = jax.device_put_replicated(state, jax.local_devices())
-        prep = lambda b: _to_pmap(b, n_local)  # noqa: E731
-        host_state = lambda s: jax.tree.map(lambda x: x[0], s)  # noqa: E731
-    else:
-        step_fn = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, None),
-                          donate_argnums=0)
-        eval_fn = jax.jit(eval_step, in_shardings=(shardings, None))
-        prep = lambda b: _to_global(b, mesh)  # noqa: E731
-        host_state = lambda s: s  # noqa: E731
+    fns = compile_steps(run, shardings, pmap=pmap)
+    step_fn, eval_fn, prep, host_state = fns.train, fns.eval, fns.prep, fns.host_state
+    state = fns.put_state(state)
 
     main = is_main_process()
     pad = run.corpus.special.pad

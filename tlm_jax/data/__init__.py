@@ -1,0 +1,1 @@
+"""Document sources, subsets and synthetic data for pretraining."""

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, confidence intervals and simple baselines."""
