@@ -101,7 +101,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_model_fits(mesh: Mesh, *, vocab: int, hidden: int, heads: int, intermediate: int,
                      batch: int, head_dim: int | None = None) -> None:
     """Refuse a mesh that does not divide the model or the batch, with a one-line reason."""
-    sizes = dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))  # Mesh or AbstractMesh
     dp = sizes["data"] * sizes["fsdp"]
     checks = [
         (batch % dp == 0, f"global batch {batch} is not divisible by data*fsdp={dp}",
@@ -137,6 +137,29 @@ def per_device_bytes(abstract: Any, shardings: Any) -> dict[str, float]:
         for d in s.device_set:
             per_dev[d] = per_dev.get(d, 0.0) + shard_bytes
     return {"max": max(per_dev.values()) if per_dev else 0.0, "total": total}
+
+
+def abstract_mesh(data: int, fsdp: int, tensor: int, num_devices: int) -> jax.sharding.AbstractMesh:
+    """A device-less mesh of ``num_devices`` (for sizing a layout larger than this host)."""
+    shape = mesh_shape(data, fsdp, tensor, num_devices)
+    return jax.sharding.AbstractMesh(shape, MESH_AXES,
+                                     axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def shard_bytes(abstract: Any, shardings: Any) -> dict[str, float]:
+    """Per-device and unsharded bytes from shapes alone (works on an ``AbstractMesh``).
+
+    With every sharded dimension divisible by its mesh axes (what
+    :func:`check_model_fits` enforces), each device holds the same shard shape,
+    so the per-device bytes are the sum of the shard shapes' sizes.
+    """
+    per_device = total = 0.0
+    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(
+            shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)), strict=True):
+        itemsize = np.dtype(a.dtype).itemsize
+        total += math.prod(a.shape) * itemsize
+        per_device += math.prod(s.shard_shape(a.shape)) * itemsize
+    return {"per_device": per_device, "total": total}
 
 
 def unbox(tree: Any) -> Any:

@@ -58,3 +58,20 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
     init = jax.jit(lambda r: shd.unbox(_boxed_state(model, tx, r, length)),
                    out_shardings=shardings)
     return init(jax.random.PRNGKey(seed)), shardings
+
+
+def state_memory(model: nn.Module, tx: optax.GradientTransformation, mesh: Any,
+                 length: int) -> dict[str, dict[str, float]]:
+    """Bytes per device of params, optimizer state and the rest, from abstract shapes.
+
+    ``mesh`` may be a real ``Mesh`` or a ``jax.sharding.AbstractMesh`` of any size
+    (see :func:`tlm_jax.sharding.abstract_mesh`): nothing is allocated.
+    """
+    abstract, shardings = state_shardings(model, tx, mesh, length)
+    parts = {"params": (abstract.params, shardings.params),
+             "opt_state": (abstract.opt_state, shardings.opt_state),
+             "other": ((abstract.step, abstract.model_state, abstract.rng),
+                       (shardings.step, shardings.model_state, shardings.rng))}
+    out = {k: shd.shard_bytes(a, s) for k, (a, s) in parts.items()}
+    out["total"] = {k: sum(v[k] for v in out.values()) for k in ("per_device", "total")}
+    return out

@@ -1,0 +1,33 @@
+"""The Colab notebooks run top to bottom on CPU with small settings (TLM_NOTEBOOK_SMALL=1)."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+from conftest import REPO
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
+
+
+def test_notebooks_are_generated() -> None:
+    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "tpu.ipynb"}
+    for p in NOTEBOOKS:
+        nbformat.validate(nbformat.read(p, as_version=4))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, tmp_path, monkeypatch) -> None:
+    # The kernel inherits this environment: small settings, 1 CPU device, no GUI backend.
+    monkeypatch.setenv("TLM_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
