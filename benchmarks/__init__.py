@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): train step, input pipeline, tokenizer/cache build, inference."""

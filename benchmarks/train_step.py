@@ -1,0 +1,294 @@
+"""Train-step benchmark: our jitted MLM step vs a same-process matmul ceiling and torch.
+
+    python -m benchmarks.train_step --model bert-6-cpu --batch 32 --seq 128 \
+        [--dtype bf16|f32] [--peer torch] [--json]
+
+Model FLOPs per step (multiply-add = 2 FLOPs, backward = 2x forward):
+
+    6 * N_enc * B*L                      encoder matmul params x all tokens
+  + 6 * N_head * B*P                     MLM head (transform + tied vocab) at masked positions only
+  + 3 * layers * 4 * B * L^2 * H         attention scores + context (fwd 4BL^2H, x3 fwd+bwd)
+
+with N_enc = layers * (4 H^2 + 2 H F) and N_head = H^2 + V H, P = ceil(mask_rate * L).
+Embedding lookups, LayerNorm, softmax, GELU, dropout and the optimizer are not counted
+(they are "useless" FLOPs for the MFU-style ratio). XLA's own cost analysis of the
+compiled step is printed next to it as a cross-check.
+
+The ceiling is measured in the same process: one jitted function doing exactly the
+step's matmuls (same shapes, same count, same precision: f32, or bf16 inputs with
+f32 accumulation), forward alone and forward + backward (dx and dW matmuls).
+All contenders are timed round-robin so noise from other processes hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TLM_CACHE_DIR", "/tmp/tlmcache_bench")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import interleaved, machine  # noqa: E402
+
+VOCAB = 16384
+
+
+# --------------------------------------------------------------------------- ours
+def build_ours(model: str, batch: int, seq: int, dtype: str, dropout: float = 0.1,
+               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    from tlm_jax.config import load_config  # noqa: PLC0415
+    from tlm_jax.data.pipeline import make_dataset  # noqa: PLC0415
+    from tlm_jax.train.loop import _mesh_context, build_run, compile_steps, data_seed  # noqa: PLC0415
+    from tlm_jax.train.state import create_state  # noqa: PLC0415
+
+    cfg = load_config(None, [
+        f"model.preset={model}", f"model.vocab_size={VOCAB}", f"model.max_len={max(seq, 128)}",
+        f"model.dtype={'bfloat16' if dtype == 'bf16' else 'float32'}",
+        f"model.dropout={dropout}", f"model.attention_dropout={dropout}",
+        "data.source=synthetic", "data.synthetic_docs=3000", "data.packing=pack",
+        f"data.max_len={seq}", f"train.batch_size={batch}", "train.progress=false",
+        "train.steps=100000", "optim.warmup_steps=10", *overrides])
+    run = build_run(cfg, log=lambda _: None, devices=jax.devices()[:1])
+    ctx = _mesh_context(run.mesh, False)
+    ctx.__enter__()
+    state, shardings = create_state(run.model, run.tx, run.mesh, cfg.train.seed, seq)
+    fns = compile_steps(run, shardings)
+    ds = make_dataset(run.train_source, batch, seed=data_seed(cfg))
+    batches = [fns.prep(ds[i]) for i in range(4)]
+    t0 = time.perf_counter()
+    compiled = fns.train.lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0]
+    holder = {"state": state, "i": 0}
+
+    def step() -> float:
+        s, m = compiled(holder["state"], batches[holder["i"] % len(batches)])
+        holder["state"] = s
+        holder["i"] += 1
+        return m["loss"].block_until_ready()
+
+    pad = run.corpus.special.pad
+    ntok = float(np.mean([(np.asarray(b["input_ids"]) != pad).sum() for b in batches]))
+    return {"step": step, "compile_s": compile_s, "xla_flops": float(cost.get("flops", 0.0)),
+            "cfg": cfg, "run": run, "tokens": ntok, "pred": run.objectives[0][0].max_predictions,
+            "ctx": ctx, "holder": holder}
+
+
+def model_flops(layers: int, hidden: int, ff: int, vocab: int, batch: int, seq: int,
+                pred: int) -> dict[str, float]:
+    t = batch * seq
+    n_enc = layers * (4 * hidden * hidden + 2 * hidden * ff)
+    n_head = hidden * hidden + vocab * hidden
+    enc = 6.0 * n_enc * t
+    head = 6.0 * n_head * batch * pred
+    attn = 3.0 * layers * 4 * batch * seq * seq * hidden
+    return {"encoder": enc, "head": head, "attention": attn, "total": enc + head + attn}
+
+
+# --------------------------------------------------------------------------- ceiling
+def matmul_shapes(layers: int, hidden: int, heads: int, ff: int, vocab: int, batch: int,
+                  seq: int, pred: int) -> list[tuple[int, int, int, int]]:
+    """(count, M, K, N) per matmul kind of the step's forward (batched attention as count)."""
+    t, d = batch * seq, hidden // heads
+    return [
+        (layers, t, hidden, 3 * hidden), (layers, t, hidden, hidden),
+        (layers, t, hidden, ff), (layers, t, ff, hidden),
+        (layers * batch * heads, seq, d, seq), (layers * batch * heads, seq, seq, d),
+        (1, batch * pred, hidden, hidden), (1, batch * pred, hidden, vocab),
+    ]
+
+
+def build_ceiling(shapes: list[tuple[int, int, int, int]], dtype: str, backward: bool
+                  ) -> tuple[Any, float]:
+    cdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    key = jax.random.key(0)
+    args = []
+    flops = 0.0
+    for i, (c, m, k, n) in enumerate(shapes):
+        ka, kb = jax.random.split(jax.random.fold_in(key, i))
+        x = jax.random.normal(ka, (c, m, k), jnp.float32)
+        w = jax.random.normal(kb, (c, k, n), jnp.float32)
+        dy = jax.random.normal(kb, (c, m, n), jnp.float32)
+        args.append((x, w, dy))
+        flops += (6.0 if backward else 2.0) * c * m * k * n
+
+    def mm(a, b, spec):
+        return jnp.einsum(spec, a.astype(cdt), b.astype(cdt), preferred_element_type=jnp.float32)
+
+    def f(args):
+        outs = []
+        for x, w, dy in args:
+            outs.append(mm(x, w, "cmk,ckn->cmn"))
+            if backward:
+                outs.append(mm(dy, w, "cmn,ckn->cmk"))  # dx
+                outs.append(mm(x, dy, "cmk,cmn->ckn"))  # dW
+        return outs
+
+    g = jax.jit(f).lower(args).compile()
+    return (lambda: jax.block_until_ready(g(args))), flops
+
+
+# --------------------------------------------------------------------------- torch peer
+def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: int,
+                pred: int, variant: str, threads: int) -> Any:
+    import torch  # noqa: PLC0415
+    from transformers import BertConfig, BertForMaskedLM  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=ff, max_position_embeddings=512,
+                     hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    model = BertForMaskedLM(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (batch, seq), generator=g)
+    att = torch.ones(batch, seq, dtype=torch.long)
+    # fixed count of masked positions per sequence (same P as ours)
+    pos = torch.stack([torch.randperm(seq - 2, generator=g)[:pred] + 1 for _ in range(batch)])
+    labels_sparse = torch.gather(ids, 1, pos)
+    masked = ids.clone()
+    masked.scatter_(1, pos, 4)
+    labels_dense = torch.full_like(ids, -100)
+    labels_dense.scatter_(1, pos, labels_sparse)
+    autocast = variant != "f32_dense"
+    sparse = variant in ("bf16_masked", "bf16_masked_compiled")
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss_fn(masked, att, pos, labels_sparse, labels_dense):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if sparse:
+                h = model.bert(input_ids=masked, attention_mask=att).last_hidden_state
+                hp = torch.gather(h, 1, pos[..., None].expand(-1, -1, h.shape[-1]))
+                logits = model.cls(hp)
+                return ce(logits.float().reshape(-1, VOCAB), labels_sparse.reshape(-1))
+            logits = model(input_ids=masked, attention_mask=att).logits
+            return ce(logits.float().reshape(-1, VOCAB), labels_dense.reshape(-1))
+
+    fn = loss_fn
+    if variant == "bf16_masked_compiled":
+        fn = torch.compile(loss_fn)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = fn(masked, att, pos, labels_sparse, labels_dense)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+TORCH_VARIANTS = ("f32_dense", "bf16_dense", "bf16_masked", "bf16_masked_compiled")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="bert-6-cpu")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--dtype", choices=("bf16", "f32"), default="f32")
+    p.add_argument("--peer", choices=("torch",), default=None)
+    p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--peer-variants", default=",".join(TORCH_VARIANTS))
+    p.add_argument("--set", action="append", default=[], help="extra config override k=v")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+
+    info = machine()
+    print(f"# {info}", flush=True)
+    ours = build_ours(a.model, a.batch, a.seq, a.dtype, a.dropout, tuple(a.set))
+    mc = ours["cfg"].model
+    pred = ours["pred"]
+    fl = model_flops(mc.layers, mc.hidden, mc.intermediate, VOCAB, a.batch, a.seq, pred)
+    shapes = matmul_shapes(mc.layers, mc.hidden, mc.heads, mc.intermediate, VOCAB, a.batch,
+                           a.seq, pred)
+    fns: dict[str, Any] = {"ours": ours["step"]}
+    ceil_flops = {}
+    for prec in ("f32", "bf16"):
+        for bw in (False, True):
+            name = f"ceiling_{prec}_{'fwdbwd' if bw else 'fwd'}"
+            fns[name], ceil_flops[name] = build_ceiling(shapes, prec, bw)
+    peer_err: dict[str, str] = {}
+    if a.peer == "torch":
+        for v in a.peer_variants.split(","):
+            try:
+                f = build_torch(mc.layers, mc.hidden, mc.heads, mc.intermediate, a.batch, a.seq,
+                                pred, v, os.cpu_count() or 1)
+                t0 = time.perf_counter()
+                f()
+                f()
+                print(f"# torch {v}: first two steps {time.perf_counter() - t0:.1f}s", flush=True)
+                fns[f"torch_{v}"] = f
+            except Exception as e:  # noqa: BLE001 - report why a peer variant is missing
+                peer_err[v] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                print(f"# torch {v} failed: {peer_err[v]}", flush=True)
+    for _ in range(a.warmup):
+        for f in fns.values():
+            f()
+    med = interleaved(fns, a.steps)
+    t_ours = med["ours"]
+    tok = a.batch * a.seq
+    res: dict[str, Any] = {
+        "cpu": info["cpu"], "cores": info["cores"], "jax": info["jax"], "date": info["date"],
+        "model": a.model, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
+        "dropout": a.dropout, "step_s": t_ours, "tokens_per_s": tok / t_ours,
+        "nonpad_tokens_per_step": ours["tokens"], "compile_s": ours["compile_s"],
+        "model_flops_per_step": fl["total"], "flops_breakdown": fl,
+        "xla_cost_analysis_flops": ours["xla_flops"],
+        "achieved_flops_per_s": fl["total"] / t_ours,
+    }
+    for name in ceil_flops:
+        res[f"{name}_flops_per_s"] = ceil_flops[name] / med[name]
+    step_ceiling = res[f"ceiling_{a.dtype}_fwdbwd_flops_per_s"]
+    best_ceiling = max(res["ceiling_f32_fwdbwd_flops_per_s"], res["ceiling_bf16_fwdbwd_flops_per_s"])
+    res["ceiling_ratio"] = res["achieved_flops_per_s"] / step_ceiling
+    res["ceiling_ratio_vs_best_precision"] = res["achieved_flops_per_s"] / best_ceiling
+    if a.peer == "torch":
+        peers = {k[len("torch_"):]: tok / v for k, v in med.items() if k.startswith("torch_")}
+        res["peer_tokens_per_s"] = peers
+        res["peer_errors"] = peer_err
+        if peers:
+            best = max(peers, key=peers.get)
+            res["fastest_peer"] = best
+            res["ratio_vs_fastest_peer"] = res["tokens_per_s"] / peers[best]
+    print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}")
+    print(f"{a.model} batch {a.batch} seq {a.seq} dtype {a.dtype} dropout {a.dropout}; "
+          f"{a.steps} interleaved steps (median)")
+    print(f"  ours: {t_ours * 1e3:.1f} ms/step, {res['tokens_per_s']:,.0f} tokens/s, "
+          f"compile {ours['compile_s']:.1f}s")
+    print(f"  model FLOPs/step {fl['total'] / 1e9:.2f} G (encoder {fl['encoder'] / 1e9:.2f}, "
+          f"head {fl['head'] / 1e9:.2f}, attention {fl['attention'] / 1e9:.2f}); "
+          f"XLA cost analysis {ours['xla_flops'] / 1e9:.2f} G")
+    print(f"  achieved {res['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    for name in ceil_flops:
+        print(f"  {name}: {med[name] * 1e3:.1f} ms, {res[name + '_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"  ceiling ratio (step precision {a.dtype}, fwd+bwd): {res['ceiling_ratio']:.2f}; "
+          f"vs best precision: {res['ceiling_ratio_vs_best_precision']:.2f}")
+    if a.peer == "torch":
+        for k, v in res["peer_tokens_per_s"].items():
+            print(f"  torch {k}: {tok / v * 1e3:.1f} ms/step, {v:,.0f} tokens/s "
+                  f"(ours/this = {res['tokens_per_s'] / v:.2f}x)")
+        for k, v in peer_err.items():
+            print(f"  torch {k}: FAILED ({v})")
+        if "ratio_vs_fastest_peer" in res:
+            print(f"  ours / fastest torch ({res['fastest_peer']}): "
+                  f"{res['ratio_vs_fastest_peer']:.2f}x")
+    if a.json:
+        print(json.dumps(res, default=float))
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
