@@ -17,8 +17,9 @@ import jax.numpy as jnp
 from tlm_jax.config import ModelConfig
 from tlm_jax.errors import TLMError
 from tlm_jax.models.bert import BertModel
+from tlm_jax.models.gpt import GPTModel
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"bert": BertModel}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"bert": BertModel, "gpt": GPTModel}
 
 
 def register_architecture(name: str, factory: Callable[..., nn.Module]) -> None:

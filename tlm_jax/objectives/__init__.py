@@ -1,6 +1,15 @@
 """Pretraining objectives: pure batch transforms + losses behind one registry."""
 
-from tlm_jax.objectives import mlm  # noqa: F401  (registers "mlm")
+# Importing a module registers its objectives.
+from tlm_jax.objectives import (  # noqa: F401
+    clm,  # clm
+    conditional,  # conditional
+    lem,  # lem
+    mlm,  # mlm
+    rts,  # rts, crts, slm
+    salt,  # salt
+    thinking,  # thinking
+)
 from tlm_jax.objectives.base import (
     OBJECTIVES,
     LossTerms,

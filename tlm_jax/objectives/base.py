@@ -17,10 +17,11 @@ A new objective is one file plus one ``@register("name")`` line.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,29 @@ class Objective:
     def prepare_document(self, text: str) -> str:
         """Host-side document rewrite before tokenization (identity by default)."""
         return text
+
+    # -- host-side hooks used by the data preparation (see :func:`document_hooks`) --------
+    #: Special tokens this objective needs in the vocabulary (control tokens, think tags).
+    extra_special: ClassVar[tuple[str, ...]] = ()
+
+    def prepare_documents(self, texts: list[str]) -> list[str]:
+        """Batched :meth:`prepare_document` (override when a batch is cheaper, e.g. an LM)."""
+        return [self.prepare_document(t) for t in texts]
+
+    def document_key(self) -> str:
+        """Fingerprint of the document rewrite for cache keys; ``""`` when it is the identity.
+
+        Objectives must build cheaply (heavy work goes in :meth:`setup`): the data
+        preparation instantiates them once, before the tokenizer exists, to ask this.
+        """
+        cls = type(self)
+        if (cls.prepare_document is Objective.prepare_document
+                and cls.prepare_documents is Objective.prepare_documents):
+            return ""
+        return f"{cls.__name__}:{json.dumps(self.options, sort_keys=True, default=str)}"
+
+    def setup(self, corpus: Any) -> None:
+        """One host-side preparation after the corpus exists (tables, teachers); no-op here."""
 
     @property
     def max_predictions(self) -> int:
@@ -143,8 +167,12 @@ def parse_names(names: list[str]) -> list[tuple[str, float]]:
 
 
 def build_objectives(cfg: ObjectiveConfig, special: SpecialTokens,
-                     max_len: int) -> list[tuple[Objective, float]]:
-    """Instantiate the weighted mixture named by ``cfg.names``."""
+                     max_len: int, corpus: Any = None) -> list[tuple[Objective, float]]:
+    """Instantiate the weighted mixture named by ``cfg.names``.
+
+    With ``corpus`` (a :class:`~tlm_jax.data.corpus.Corpus`), each objective's
+    :meth:`Objective.setup` runs once on it.
+    """
     # Importing the package registers the built-in objectives.
     import tlm_jax.objectives  # noqa: F401, PLC0415
 
@@ -156,4 +184,45 @@ def build_objectives(cfg: ObjectiveConfig, special: SpecialTokens,
         opts = dict(cfg.options.get(name, {})) if isinstance(cfg.options.get(name), dict) else {}
         built.append((OBJECTIVES[name](cfg=cfg, special=special, max_len=max_len,
                                        options=opts, name=name), weight))
+    if corpus is not None:
+        for obj, _ in built:
+            obj.setup(corpus)
     return built
+
+
+@dataclass(frozen=True)
+class DocumentHooks:
+    """What the objectives ask of data preparation: a batched rewrite, its key, tokens."""
+
+    transform: Callable[[list[str]], list[str]] | None = None
+    key: str = ""
+    extra_special: tuple[str, ...] = ()
+
+
+def document_hooks(cfg: ObjectiveConfig, max_len: int = 128) -> DocumentHooks:
+    """Collect the host-side document rewrites and extra special tokens of ``cfg.names``.
+
+    Rewrites compose in the order the objectives are named. Built before the
+    tokenizer exists, so the objectives see placeholder special-token ids here.
+    """
+    placeholder = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4, vocab_size=0)
+    objs = [o for o, _ in build_objectives(cfg, placeholder, max_len)]
+    extra: list[str] = []
+    for o in objs:
+        extra += [t for t in o.extra_special if t not in extra]
+    rewriters = [o for o in objs if o.document_key()]
+    if not rewriters:
+        return DocumentHooks(None, "", tuple(extra))
+
+    def transform(texts: list[str]) -> list[str]:
+        for o in rewriters:
+            texts = o.prepare_documents(texts)
+        return texts
+
+    return DocumentHooks(transform, "|".join(o.document_key() for o in rewriters), tuple(extra))
+
+
+def with_step(batch: Batch, step: jax.Array) -> Batch:
+    """``batch`` plus ``step`` (the optimizer step, broadcast per example) for scheduled objectives."""
+    rows = batch["index"].shape if "index" in batch else batch["input_ids"].shape[:1]
+    return {**batch, "step": jnp.broadcast_to(jnp.asarray(step, jnp.int32), rows)}

@@ -323,14 +323,16 @@ def resolve_backbone(pretrained: str | os.PathLike | None, *, tokenizer_from: st
         else:
             tok = load_tokenizer(src)
             mcfg = dataclasses.replace(cfg.model)
-            mcfg.vocab_size = tok.get_vocab_size()
             max_len, source = mcfg.max_len, str(src)
     special = special_tokens(tok)
     if mcfg.vocab_size <= 0:
-        mcfg.vocab_size = special.vocab_size
-    if mcfg.vocab_size != special.vocab_size:
-        raise TLMError(f"model.vocab_size={mcfg.vocab_size} differs from the tokenizer's "
-                       f"{special.vocab_size} tokens", "use the run's own tokenizer")
+        from tlm_jax.train.loop import padded_vocab  # noqa: PLC0415
+
+        mcfg.vocab_size = padded_vocab(special.vocab_size)
+    if mcfg.vocab_size < special.vocab_size:
+        raise TLMError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                       f"{special.vocab_size} tokens (vocabulary mismatch)",
+                       "use the run's own tokenizer")
     if cfg.task.max_len > 0:
         max_len = cfg.task.max_len
     if max_len > mcfg.max_len:
@@ -600,6 +602,24 @@ def _train_batch(ids: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: in
             "index": np.arange(batch, dtype=np.int32)}
 
 
+def _global(v: np.ndarray, sharding: Any) -> Any:
+    """A global array from a host array every process holds in full (single- or multi-host)."""
+    import jax  # noqa: PLC0415
+
+    return jax.make_array_from_callback(v.shape, sharding, lambda idx: v[idx])
+
+
+def _replicated(x: Any, mesh: Any) -> Any:
+    """``x`` gathered onto every device (so each process can read all of it)."""
+    import jax  # noqa: PLC0415
+
+    from tlm_jax import sharding as shd  # noqa: PLC0415
+
+    if jax.process_count() == 1:
+        return x
+    return jax.jit(lambda a: a, out_shardings=shd.replicated(mesh))(x)
+
+
 def predict_logits(comp: Compiled, params: Any, model_state: Any, ids: np.ndarray,
                    batch: int) -> np.ndarray:
     """Logits ``[N, classes]`` for padded ids ``[N, L]`` (batches padded to a fixed size)."""
@@ -609,14 +629,17 @@ def predict_logits(comp: Compiled, params: Any, model_state: Any, ids: np.ndarra
 
     out = []
     dp = comp.mesh.devices.shape[0] * comp.mesh.devices.shape[1]
+    # Small splits are not padded up to a whole eval batch (one compile per distinct size).
+    batch = min(batch, 8 * math.ceil(max(len(ids), 1) / 8))
     batch = max(dp, dp * math.ceil(batch / dp))
     for s in range(0, len(ids), batch):
         chunk = ids[s:s + batch]
         k = len(chunk)
         if k < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - k, 0)])
-        x = jax.device_put(chunk, shd.batch_sharding(comp.mesh, 2))
-        out.append(np.asarray(jax.device_get(comp.predict(params, model_state, x)))[:k])
+        x = _global(chunk, shd.batch_sharding(comp.mesh, 2))
+        logits = comp.predict(params, model_state, x)
+        out.append(np.asarray(jax.device_get(_replicated(logits, comp.mesh)))[:k])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -693,7 +716,8 @@ def finetune_seed(cfg: FinetuneConfig, backbone: Backbone, data: Any, seed: int,
                 if rb is not None:
                     best_params, best_ms = jax.device_get((rb[1].params, rb[1].model_state))
                 log(f"seed {seed}: resumed at step {start}")
-        logger = MetricsLogger(workdir, resume_step=start, tensorboard=tcfg.tensorboard)
+        logger = MetricsLogger(workdir, resume_step=start, tensorboard=tcfg.tensorboard,
+                               enabled=jax.process_index() == 0)
 
         def evaluate(params: Any, ms: Any, split: str) -> tuple[dict[str, Any], np.ndarray]:
             logits = predict_logits(comp, params, ms, ids[split], tcfg.eval_batch_size)
@@ -707,8 +731,7 @@ def finetune_seed(cfg: FinetuneConfig, backbone: Backbone, data: Any, seed: int,
             batches = _batches_for_epoch(n_train, tcfg.batch_size, seed, epoch)
             for bi in range(step % steps_per_epoch, steps_per_epoch):
                 b = _train_batch(ids["train"], labels["train"], batches[bi], tcfg.batch_size)
-                gb = {k: jax.device_put(v, shd.batch_sharding(comp.mesh, v.ndim))
-                      for k, v in b.items()}
+                gb = {k: _global(v, shd.batch_sharding(comp.mesh, v.ndim)) for k, v in b.items()}
                 state, metrics = comp.train_step(state, gb)
                 step += 1
                 if step % tcfg.log_every == 0 or step == total:

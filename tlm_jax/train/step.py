@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from tlm_jax.models import apply_model
-from tlm_jax.objectives.base import Batch, Objective
+from tlm_jax.objectives.base import Batch, Objective, with_step
 from tlm_jax.train.state import TrainState
 
 EVAL_SEED = 1234  # fixed masks at evaluation, so validation losses are comparable over time
@@ -78,6 +78,7 @@ def make_train_step(model: nn.Module, objectives: list[tuple[Objective, float]],
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
         mask_rng, dropout_rng = jax.random.split(rng)
+        batch = with_step(batch, state.step)  # for step-scheduled objectives (SALT)
         prepared, denoms = _prepare(objectives, batch, mask_rng, axis_name)
         grad_fn = jax.value_and_grad(_forward_terms, argnums=2, has_aux=True)
 
@@ -132,6 +133,7 @@ def make_eval_step(model: nn.Module, objectives: list[tuple[Objective, float]], 
 
     def step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         rng = jax.random.PRNGKey(EVAL_SEED)
+        batch = with_step(batch, state.step)
         out: dict[str, jax.Array] = {}
         total = jnp.zeros((), jnp.float32)
         for i, (obj, weight) in enumerate(objectives):
