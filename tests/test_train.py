@@ -13,12 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, cli_env
 
 from tlm_jax.config import load_config
 from tlm_jax.train.loop import build_run, pretrain, run_steps
 from tlm_jax.train.metrics import read_metrics
-
-from conftest import REPO, cli_env
 
 # Dropout off so every parallel layout draws identical randomness (masks are per example).
 TINY = ["model.hidden=32", "model.layers=2", "model.heads=4", "model.intermediate=64",
