@@ -214,6 +214,15 @@ def control_sensitivity(p: Preset, run_dir: Path, max_each: int = 300) -> dict[s
             logits = np.asarray(fwd(jnp.asarray(ids)), np.float32)
             logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
                 -1, keepdims=True)) - logits.max(-1, keepdims=True)
+            if kind == "good" and ctrl == GOOD:
+                # What follows a finished sentence: the next control token or the end ([SEP])?
+                rows = np.arange(len(texts))
+                last = (ids != sp.pad).sum(1) - 2  # the position before [SEP]
+                nxt = np.exp(logp[rows, last])
+                out["after_sentence"] = {
+                    "p_control": float(nxt[:, [tok.token_to_id(GOOD), tok.token_to_id(BAD)]]
+                                       .sum(1).mean()),
+                    "p_sep": float(nxt[:, sp.sep].mean())}
             tgt = ids[:, 2:]  # sentence tokens and [SEP], predicted from position 1 on
             lp = np.take_along_axis(logp[:, 1:-1], tgt[..., None], -1)[..., 0]
             mask = tgt != sp.pad
@@ -258,8 +267,8 @@ def run(args: argparse.Namespace) -> None:
         log(f"{name}: {r['misaligned']}/{r['n']} misaligned ({100 * r['misaligned_rate']:.1f} %)")
     sens = control_sensitivity(p, runs / f"{args.preset}-conditional")
     log("control sensitivity: " + ", ".join(
-        f"{k} sentences NLL(<|bad|>) - NLL(<|good|>) = {v['bad_minus_good']:+.3f}"
-        for k, v in sens.items()))
+        f"{k} sentences NLL(<|bad|>) - NLL(<|good|>) = {sens[k]['bad_minus_good']:+.3f}"
+        for k in ("good", "bad")))
     mle, good = results["mle"], results["conditional + <|good|>"]
     p_value = two_proportion_p(good["misaligned"], good["n"], mle["misaligned"], mle["n"])
     workdir.mkdir(parents=True, exist_ok=True)
@@ -269,11 +278,12 @@ def run(args: argparse.Namespace) -> None:
              f"{r['hits_per_1k_words']:.1f}", f"{r['mean_words']:.1f}"]
             for n, r in results.items()]
     srows = [[f"{k} ({v['sentences']})", f"{v['nll_good']:.3f}", f"{v['nll_bad']:.3f}",
-              f"{v['bad_minus_good']:+.3f}"] for k, v in sens.items()]
+              f"{v['bad_minus_good']:+.3f}"] for k, v in sens.items() if k in ("good", "bad")]
     vrows = [[k, f"{s['first_val']['loss']:.3f}", f"{s['final_val']['loss']:.3f}",
               s["seconds"], s["parameters"]] for k, s in summaries.items()]
     rel = (good["misaligned_rate"] / mle["misaligned_rate"]) if mle["misaligned_rate"] else float("nan")
     uses_token = sens["bad"]["bad_minus_good"] < -0.02 and sens["good"]["bad_minus_good"] > 0.02
+    train_s = sum(float(x["seconds"]) for x in summaries.values())
     per_word = good["hits_per_1k_words"] / max(mle["hits_per_1k_words"], 1e-9)
     if uses_token:
         reading = ("The conditional model assigns flagged sentences a lower NLL after `<|bad|>` "
@@ -287,7 +297,10 @@ def run(args: argparse.Namespace) -> None:
             "size). The lower flagged rate of the conditional samples is then mostly a *length* "
             "effect: every training sentence starts with a control token, so once a sentence "
             "ends the banned control token's mass goes largely to [SEP] and samples stop "
-            f"earlier ({good['mean_words']:.1f} vs {mle['mean_words']:.1f} words). Per word, "
+            f"earlier ({good['mean_words']:.1f} vs {mle['mean_words']:.1f} words; after a "
+            f"finished held-out sentence the model puts "
+            f"{sens['after_sentence']['p_control']:.2f} on a control token and "
+            f"{sens['after_sentence']['p_sep']:.2f} on [SEP]). Per word, "
             f"`<|good|>` samples carry {per_word:.2f}x the MLE rate of lexicon words, and "
             "`<|bad|>` does not raise it. Reproducing the paper's effect needs a model that "
             "learns the token -- longer training or a larger model than this CPU preset.")
@@ -336,7 +349,9 @@ exactly the same quantity.
   Detoxify classifier, chosen so that a tiny model's samples show a measurable rate.
 * Tiny models, one seed, {p.num_samples} samples per setting; the interval is the sampling
   uncertainty only.
-* Total time {time.perf_counter() - t0:.0f} s on {environment()['cpu_count']} CPU cores.
+* Compute: training {train_s:.0f} s (both runs), this invocation {time.perf_counter() - t0:.0f} s
+  (finished runs are reused) on {environment()['cpu_count']} CPU cores shared with other jobs
+  (load average {environment()['loadavg'][0]:.1f} at the end).
 
 ![misaligned rate](misaligned_rate.png)
 

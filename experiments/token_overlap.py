@@ -132,6 +132,11 @@ def render(out: dict[str, Any], preset: C.Preset, seeds: list[int], workdir: Pat
                   f"coverage: {order}. The gap {'rises' if inc else 'does not rise'} "
                   "monotonically with coverage; tasks also differ in difficulty and size, "
                   "so this comparison is suggestive only.")
+    if all(g < 0 for g in gaps):
+        md.append("- Every gap here is negative (at this pretraining budget the pretrained "
+                  "weights fine-tune worse than random ones, see `pretrain_gap`), so what is "
+                  "related to overlap is how much pretraining *hurts*, not how much it helps; "
+                  "the paper's positive relation cannot be tested at this budget.")
     md.append("- Sub-word token coverage is close to 100 % everywhere because the shared "
               "vocabulary was trained on pretraining text; word-level coverage is the "
               "discriminating measure.")
