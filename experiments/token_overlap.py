@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments import common as C
 from experiments import data_size as DS
-from experiments import overlap as O
+from tlm_jax.eval import overlap as O
 
 
 def _corpus_counts(run: Path) -> tuple[np.ndarray, Any, np.ndarray, Any]:

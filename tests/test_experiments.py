@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from experiments import common as C
-from experiments import overlap as O
 from tlm_jax.config import load_config
+from tlm_jax.eval import overlap as O
 from tlm_jax.tasks.finetune import load_finetune_config
 
 
