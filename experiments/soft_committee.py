@@ -5,7 +5,7 @@
 ``K`` shallow (BERT-1-like) models are pretrained independently (different
 initialisation and data order; shared tokenizer), each fine-tuned with the same
 seeds; the committee's prediction averages their softmax outputs
-(:func:`tlm_jax.eval.metrics.softmax_average`). It is compared with a deep
+(:func:`tlm_jax.eval.committee.committee_scores`). It is compared with a deep
 (BERT-6-like) model of comparable parameter count, pretrained and fine-tuned
 with the same budget. Inference latency of both is measured on this machine at
 batch 1 and batch 256 (jitted forward pass, median of repeats; the committee
@@ -15,13 +15,14 @@ runs its members one after another).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from experiments import common as C
+from tlm_jax.eval.committee import committee_scores, measure_latency
+
+__all__ = ["collect", "committee_scores", "committee_steps", "measure_latency", "member_specs",
+           "render", "run"]
 
 
 def committee_steps(preset: C.Preset) -> int:
@@ -42,72 +43,6 @@ def member_specs(preset: C.Preset, root: Path, k: int) -> list[tuple[C.PretrainS
             continue
         spec = C.pretrain_spec(preset, seed=s, tokenizer=tok, steps=steps)
         out.append((spec, C.run_pretrain(spec, root, steps)))
-    return out
-
-
-def committee_scores(member_dirs: list[Path], seeds: list[int], label_names: list[str]
-                     ) -> dict[int, list[dict[str, Any]]]:
-    """Per committee size ``k`` (first k members), the per-seed scores of the averaged softmax."""
-    from tlm_jax.eval.metrics import classification_report, softmax_average  # noqa: PLC0415
-
-    out: dict[int, list[dict[str, Any]]] = {}
-    for k in range(1, len(member_dirs) + 1):
-        rows = []
-        for s in seeds:
-            logits = [np.load(d / f"seed_{s}" / "test_logits.npy") for d in member_dirs[:k]]
-            labels = [np.load(d / f"seed_{s}" / "test_labels.npy") for d in member_dirs[:k]]
-            if any(not np.array_equal(labels[0], lab) for lab in labels[1:]):
-                raise RuntimeError(f"members disagree on the test split of seed {s}")
-            probs = softmax_average(logits, from_logits=True)
-            rep = classification_report(labels[0], probs.argmax(-1), label_names)
-            rows.append({"seed": s, "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]})
-        out[k] = rows
-    return out
-
-
-def measure_latency(model_cfgs: dict[str, tuple[Any, int]], num_classes: int, length: int,
-                    batches: list[int], repeats: int) -> dict[str, dict[str, Any]]:
-    """Median wall time (ms) of a jitted forward pass per model group and batch size.
-
-    ``model_cfgs``: name -> (ModelConfig, copies); a group of ``copies`` models runs
-    its members sequentially (the committee), each with its own weights.
-    """
-    import jax  # noqa: PLC0415
-
-    from tlm_jax.models.classifier import SequenceClassifier  # noqa: PLC0415
-    from tlm_jax.sharding import unbox  # noqa: PLC0415
-
-    out: dict[str, dict[str, Any]] = {}
-    for name, (mcfg, copies) in model_cfgs.items():
-        model = SequenceClassifier(mcfg, num_classes)
-        ids0 = np.ones((1, length), np.int32)
-        params = [unbox(model.init(jax.random.PRNGKey(i), {"input_ids": ids0}))
-                  for i in range(copies)]
-        def _fwd(v: Any, ids: Any, model: Any = model) -> Any:
-            return model.apply(v, {"input_ids": ids, "attention_mask": ids > 0})["class_logits"]
-
-        fwd = jax.jit(_fwd)
-        res: dict[str, Any] = {}
-        for b in batches:
-            ids = np.random.default_rng(0).integers(5, mcfg.vocab_size, (b, length)).astype(
-                np.int32)
-            for p in params:  # compile + warm up
-                fwd(p, ids).block_until_ready()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                outs = [fwd(p, ids) for p in params]
-                for o in outs:
-                    o.block_until_ready()
-                times.append(time.perf_counter() - t0)
-            times_ms = np.asarray(times) * 1000
-            res[str(b)] = {"median_ms": float(np.median(times_ms)),
-                           "p10_ms": float(np.percentile(times_ms, 10)),
-                           "p90_ms": float(np.percentile(times_ms, 90)),
-                           "examples_per_s": float(b / np.median(times) if np.median(times) else 0)}
-        out[name] = res
-        C.log(f"latency {name}: " + ", ".join(f"b{b} {res[str(b)]['median_ms']:.1f} ms"
-                                               for b in batches))
     return out
 
 
@@ -275,7 +210,7 @@ def run(args: argparse.Namespace) -> None:
     latency = measure_latency({f"committee of {k} shallow": (shallow_cfg, k),
                                "deep": (deep_cfg, 1)},
                               len(first["label_names"]), length, list(preset.latency_batches),
-                              preset.latency_repeats)
+                              preset.latency_repeats, log=C.log)
     md, data = render(out, preset, seeds, latency, workdir, length)
     if missing:
         md += "\n" + "\n".join(f"- {t}: skipped ({why})" for t, why in missing.items())

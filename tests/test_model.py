@@ -83,3 +83,34 @@ def test_bf16_compute_close_to_f32() -> None:
     assert b.dtype == jnp.float32  # logits are accumulated in f32
     assert float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(a).max()) + 0.05
     assert count_params(variables["params"]) > 0
+
+
+def test_pre_ln_encoder_matches_its_definition() -> None:
+    """``norm="pre"``: x + Attn(LN(x)), x + MLP(LN(x)), then one final LayerNorm."""
+    from tlm_jax.models.layers import MLP, LayerNorm, SelfAttention  # noqa: PLC0415
+
+    # A large init makes the sublayers matter, so pre- and post-LN outputs differ clearly.
+    cfg = dataclasses.replace(CFG, norm="pre", layers=1, init_std=0.3)
+    model = build_model(cfg)
+    variables = unbox(init_variables(model, jax.random.PRNGKey(3), 16))
+    x = _inputs()
+    hidden = apply_model(model, variables, x, heads=())[0]["hidden"]
+    p = variables["params"]
+    emb = model.apply(variables, x["input_ids"], jnp.zeros_like(x["input_ids"]), True,
+                      method=lambda m, i, t, d: m.embeddings(i, t, d))
+    lp = p["layer_0"]
+    ln = LayerNorm(cfg.layer_norm_eps)
+    attn = SelfAttention(cfg.heads, cfg.hidden // cfg.heads, 0.0)
+    mlp = MLP(cfg.intermediate, cfg.activation)
+    h = emb + attn.apply({"params": lp["attention"]},
+                         ln.apply({"params": lp["attention_norm"]}, emb), x["attention_mask"], True)
+    h = h + mlp.apply({"params": lp["mlp"]}, ln.apply({"params": lp["mlp_norm"]}, h))
+    want = ln.apply({"params": p["final_norm"]}, h)
+    np.testing.assert_allclose(np.asarray(hidden), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # Same parameter tree as post-LN plus the final norm; the outputs differ.
+    post = unbox(init_variables(build_model(dataclasses.replace(cfg, norm="post")),
+                                jax.random.PRNGKey(3), 16))
+    assert set(p) - set(post["params"]) == {"final_norm"}
+    post_hidden = apply_model(build_model(dataclasses.replace(cfg, norm="post")), post, x,
+                              heads=())[0]["hidden"]
+    assert np.abs(np.asarray(post_hidden) - np.asarray(hidden)).max() > 0.1

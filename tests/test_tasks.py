@@ -202,7 +202,7 @@ def test_mark_entities_order_nesting_and_whitespace_tokens() -> None:
 
 @needs_data
 def test_load_task_registry() -> None:
-    assert set(TASKS) == {"ag_news", "dbpedia", "fewrel"}
+    assert set(TASKS) == {"ag_news", "dbpedia", "fewrel", "synthetic"}
     data = load_task("dbpedia", str(DATA_DIR), train_per_class=10, test_per_class=10)
     assert data.name == "dbpedia" and data.provenance["sizes"] == {"train": 140, "val": 0, "test": 140}
     with pytest.raises(TLMError, match="unknown task 'imdb'.*ag_news, dbpedia, fewrel"):

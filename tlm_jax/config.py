@@ -25,6 +25,21 @@ REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
+class SelectionConfig:
+    """INGENIOUS subset selection (tlm_jax/data/selection.py, tlm_jax/train/selection.py)."""
+
+    method: str = "none"  # none | ingenious | random (uniform probabilities, same schedule)
+    fraction: float = 0.25  # subset size k / n
+    warm_steps: int = 0  # W: steps on all the data before the first subset
+    refresh_every: int = 0  # R: redraw the subset every R steps after W (0 = never)
+    partitions: int = 0  # N_P random blocks; 0 = blocks of ~256 examples
+    optimizer: str = "stochastic"  # stochastic (LazierThanLazy) | lazy | greedy
+    epsilon: float = 0.01  # stochastic greedy accuracy
+    temperature: float = 1.0  # Taylor-softmax temperature
+    layer: int = -1  # hidden layer whose masked mean is an example's feature (-1 = last)
+
+
+@dataclass
 class DataConfig:
     """Where the pretraining text comes from and how it becomes token batches."""
 
@@ -55,6 +70,11 @@ class DataConfig:
     cache_dir: str = ""  # default: $TLM_CACHE_DIR or ~/.cache/tlm_jax
     grain_workers: int = 0
     prefetch: int = 2
+    # Curation filters on the training documents, in order (tlm_jax/data/filters.py):
+    # quality | toxicity | domain | age; settings under filter_options.<name>.<key>.
+    filters: list[str] = field(default_factory=list)
+    filter_options: dict[str, Any] = field(default_factory=dict)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
 @dataclass
@@ -75,6 +95,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     activation: str = "gelu"  # gelu (exact erf, as BERT) | gelu_tanh | relu
     layer_norm_eps: float = 1e-12
+    # Encoder LayerNorm placement: post (BERT, HF-compatible) | pre (x + f(LN(x)), a final LN;
+    # trains stably at higher learning rates, which short CPU budgets need).
+    norm: str = "post"
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (master params stay param_dtype)
     param_dtype: str = "float32"
@@ -82,6 +105,15 @@ class ModelConfig:
     conv_blocks: int = 0
     conv_channels: int = 32
     conv_kernel: list[int] = field(default_factory=lambda: [3, 3])
+    # The attention (qkv, out) and MLP (wi, wo) linears: dense | sltrain (fixed random sparse
+    # + scaled low-rank, W = (alpha/rank)BA + S) | spdf (static random mask during pretraining).
+    # Fine-tuning always densifies (tlm_jax/models/sparse.py). Defaults: SLTrain's 60M recipe
+    # ratios (rank = hidden/4 at hidden 128, alpha/rank = 0.25, density 0.03); SPDF's 75 %.
+    linear: str = "dense"
+    sltrain_rank: int = 32
+    sltrain_alpha: float = 8.0
+    sltrain_density: float = 0.03
+    spdf_sparsity: float = 0.75
 
 
 @dataclass
@@ -152,6 +184,35 @@ class DistributedConfig:
 
 
 @dataclass
+class ContinualConfig:
+    """Continual pretraining: start from another run's weights on the corpus in ``data``.
+
+    The new run takes the init run's architecture and tokenizer, starts a fresh optimizer
+    with its own warmup (re-warm, re-decay), and can replay the init run's corpus. See
+    tlm_jax/train/continual.py and /work/shared/methods/continual_pretraining.md.
+    """
+
+    init_from: str = ""  # run directory; "" = an ordinary run from random weights
+    init_step: int = 0  # that run's checkpoint to start from; 0 = its newest
+    replay: float = 0.0  # share of each epoch drawn from the init run's training corpus
+    mixture: str = "dynamic"  # dynamic: new-corpus share resampled every epoch | fixed: once
+    epoch_examples: int = 0  # examples per mixture epoch; 0 = the (selected) new-corpus pool
+    select: str = "all"  # all | random | ppl: which new-corpus documents form the pool
+    select_tokens: int = 0  # token budget of the pool for random/ppl (0 = no limit)
+    select_min_tokens: int = 0  # documents shorter than this never enter a ppl/random pool
+    reference: str = "val"  # text the ppl scorer's bigram model is fitted on: val | train
+    eval_old: bool = True  # also evaluate on the init run's validation split (as val_old)
+
+
+@dataclass
+class InterventionsConfig:
+    """Train-Once-Answer-All: sequences written into the training stream (tlm_jax/data/insertion.py)."""
+
+    file: str = ""  # JSON list of experiments (name, texts, repetitions, mode, range); "" = none
+    seed: int = 0  # seeds the insertion map (which stream slots, which offsets)
+
+
+@dataclass
 class Config:
     """A whole pretraining run."""
 
@@ -163,6 +224,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    interventions: InterventionsConfig = field(default_factory=InterventionsConfig)
 
 
 # Model shapes. The paper's names mean the paper's shapes ("Tiny language models",
@@ -307,10 +370,52 @@ def validate(cfg: Config) -> None:
                        f"optim.grad_accum={cfg.optim.grad_accum}", "change one of them")
     if cfg.train.parallel not in ("jit", "pmap"):
         raise TLMError(f"train.parallel={cfg.train.parallel!r} is unknown", "use jit or pmap")
+    if m.norm not in ("post", "pre"):
+        raise TLMError(f"model.norm={m.norm!r} is unknown", "use post (BERT) or pre")
     if cfg.data.packing not in ("truncate", "pack"):
         raise TLMError(f"data.packing={cfg.data.packing!r} is unknown", "use truncate or pack")
     if m.dtype not in ("float32", "bfloat16") or m.param_dtype not in ("float32", "bfloat16"):
         raise TLMError("model.dtype/param_dtype must be float32 or bfloat16", "fix the value")
+    validate_linear(m)
+    validate_continual(cfg.continual)
+
+
+LINEAR_KINDS = ("dense", "sltrain", "spdf")
+
+
+def validate_linear(m: ModelConfig) -> None:
+    """Refuse ``model.linear`` settings that cannot work (only the chosen kind's keys)."""
+    if m.linear not in LINEAR_KINDS:
+        raise TLMError(f"model.linear={m.linear!r} is unknown", f"use one of {', '.join(LINEAR_KINDS)}")
+    if m.linear == "sltrain":
+        if not 1 <= m.sltrain_rank < m.hidden:
+            raise TLMError(f"model.sltrain_rank={m.sltrain_rank} is outside [1, hidden={m.hidden})",
+                           "use a rank below the hidden size, e.g. hidden/4")
+        if not 0.0 < m.sltrain_density < 1.0:
+            raise TLMError(f"model.sltrain_density={m.sltrain_density} is outside (0, 1)",
+                           "use e.g. 0.03 (the paper's)")
+        if m.sltrain_alpha <= 0:
+            raise TLMError(f"model.sltrain_alpha={m.sltrain_alpha} is not positive",
+                           "use e.g. rank/4")
+    if m.linear == "spdf" and not 0.0 <= m.spdf_sparsity < 1.0:
+        raise TLMError(f"model.spdf_sparsity={m.spdf_sparsity} is outside [0, 1)",
+                       "use e.g. 0.5 or 0.75")
+
+
+def validate_continual(c: ContinualConfig) -> None:
+    """Refuse ``continual.*`` settings that cannot work."""
+    if not 0.0 <= c.replay < 1.0:
+        raise TLMError(f"continual.replay={c.replay} is outside [0, 1)",
+                       "use the share of old-corpus examples, e.g. 0.1")
+    if c.mixture not in ("dynamic", "fixed"):
+        raise TLMError(f"continual.mixture={c.mixture!r} is unknown", "use dynamic or fixed")
+    if c.select not in ("all", "random", "ppl"):
+        raise TLMError(f"continual.select={c.select!r} is unknown", "use all, random or ppl")
+    if c.reference not in ("val", "train"):
+        raise TLMError(f"continual.reference={c.reference!r} is unknown", "use val or train")
+    if (c.replay or c.select != "all" or c.init_step) and not c.init_from:
+        raise TLMError("continual.replay/select/init_step need continual.init_from",
+                       "set continual.init_from=RUN_DIR (the run to continue from)")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -108,7 +108,15 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
                            "check that the run finished and its files are intact") from e
     finally:
         manager.close()
-    return LoadedRun(cfg, tok, special, model, out["state"].params, int(use), path)
+    params = out["state"].params
+    if cfg.model.linear != "dense":  # decode_step reads dense kernels
+        from tlm_jax.models.sparse import densify_variables  # noqa: PLC0415
+
+        params, _ = densify_variables(cfg.model, jax.device_get(params),
+                                      jax.device_get(out["state"].model_state))
+        cfg.model.linear = "dense"
+        model = build_model(cfg.model, token_classes=token_classes)
+    return LoadedRun(cfg, tok, special, model, params, int(use), path)
 
 
 # ------------------------------------------------------------------------------ filtering

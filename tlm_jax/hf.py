@@ -308,6 +308,9 @@ def check_exportable(m: ModelConfig) -> None:
         raise TLMError(f"this run has a convolutional front-end (model.conv_blocks="
                        f"{m.conv_blocks}), which HF BertConfig cannot express",
                        "export a run without conv blocks (bert-6, bert-1, bert-1-wide, ...)")
+    if m.norm != "post":
+        raise TLMError(f"this run uses model.norm={m.norm!r} (pre-LN), which HF BertConfig "
+                       "cannot express", "export a post-LN run (model.norm=post)")
     if m.head_dim and m.head_dim * m.heads != m.hidden:
         raise TLMError(f"model.head_dim={m.head_dim} x heads={m.heads} != hidden={m.hidden}, "
                        "which HF BertConfig cannot express", "export a run with head_dim=0")

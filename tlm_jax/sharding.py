@@ -41,6 +41,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_w", None),
     ("stack", None),
     ("rank", None),
+    ("nnz", None),  # SLTrain's sparse values and their index buffer (tlm_jax/models/sparse.py)
 )
 
 

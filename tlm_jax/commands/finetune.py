@@ -60,7 +60,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pretrained", required=True,
                    help="a `tlm pretrain` run directory, or 'none' for the random-init twin")
     p.add_argument("--task", required=True,
-                   help="ag_news | dbpedia | fewrel | csv:PATH | tsv:PATH | jsonl:PATH | tfds:NAME")
+                   help="ag_news | dbpedia | fewrel | synthetic | csv:PATH | tsv:PATH | jsonl:PATH | "
+                   "tfds:NAME")
     p.add_argument("--workdir", required=True, help="output directory (results.json, seed_<s>/)")
     p.add_argument("--tokenizer-from", default=None,
                    help="for --pretrained none: a run directory (its twin) or a tokenizer file")

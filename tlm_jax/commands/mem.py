@@ -3,11 +3,16 @@
 Computed from abstract shapes (``jax.eval_shape``) and the shardings on a
 device-less ``AbstractMesh``, so a pod-sized mesh can be sized on a laptop.
 Activations are not included: they depend on the batch, remat and XLA.
+
+With ``model.linear=sltrain`` (or ``spdf``) it also sizes the same config with dense
+projections and prints the two side by side: parameters (all, and the attention/MLP
+projections alone), params, AdamW state and buffers (SLTrain's index, SPDF's masks).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from typing import Any
 
@@ -40,7 +45,8 @@ def memory_report(cfg: Any, mesh: dict[str, int] | None = None, devices: int | N
 
     from tlm_jax import sharding as shd  # noqa: PLC0415
     from tlm_jax.data.tokenizer import SpecialTokens  # noqa: PLC0415
-    from tlm_jax.models import build_model  # noqa: PLC0415
+    from tlm_jax.models import build_model, init_variables  # noqa: PLC0415
+    from tlm_jax.models.sparse import projection_param_count  # noqa: PLC0415
     from tlm_jax.objectives import build_objectives  # noqa: PLC0415
     from tlm_jax.train.loop import padded_vocab, total_steps  # noqa: PLC0415
     from tlm_jax.train.optimizer import make_optimizer  # noqa: PLC0415
@@ -68,9 +74,24 @@ def memory_report(cfg: Any, mesh: dict[str, int] | None = None, devices: int | N
     model = build_model(cfg.model, token_classes=token_classes)
     tx, _ = make_optimizer(cfg.optim, total_steps(cfg, 1) if cfg.train.steps else 1)
     mem = state_memory(model, tx, amesh, cfg.data.max_len)
+    params = jax.eval_shape(lambda r: shd.unbox(init_variables(model, r, cfg.data.max_len)),
+                            jax.random.PRNGKey(0))["params"]
     return {"preset": cfg.model.preset, "arch": cfg.model.arch, "vocab_size": vocab,
+            "linear": cfg.model.linear,
             "mesh": dict(zip(amesh.axis_names, amesh.axis_sizes, strict=True)),
-            "devices": devices, "bytes": mem}
+            "devices": devices, "bytes": mem,
+            "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
+            "projection_parameters": projection_param_count(params)}
+
+
+def linear_comparison(cfg: Any, mesh: dict[str, int] | None = None,
+                      devices: int | None = None) -> dict[str, Any]:
+    """:func:`memory_report` of ``cfg`` with ``"dense"``: the same config with dense projections."""
+    dense_cfg = copy.deepcopy(cfg)
+    dense_cfg.model.linear = "dense"
+    rep = memory_report(cfg, mesh, devices)
+    rep["dense"] = memory_report(dense_cfg, mesh, devices)
+    return rep
 
 
 def _mib(b: float) -> str:
@@ -80,8 +101,9 @@ def _mib(b: float) -> str:
 def format_report(rep: dict[str, Any]) -> str:
     """A small table of per-device and unsharded sizes."""
     mesh = ",".join(f"{k}={v}" for k, v in rep["mesh"].items())
-    lines = [f"{rep['preset']} ({rep['arch']}, vocab {rep['vocab_size']}) on {rep['devices']} "
-             f"devices, mesh {mesh}",
+    linear = f", linear {rep['linear']}" if rep.get("linear", "dense") != "dense" else ""
+    lines = [f"{rep['preset']} ({rep['arch']}, vocab {rep['vocab_size']}{linear}) on "
+             f"{rep['devices']} devices, mesh {mesh}",
              f"{'':12s} {'per device':>14s} {'unsharded':>14s}"]
     names = {"params": "params", "opt_state": "adamw mu+nu", "other": "other",
              "total": "total"}
@@ -89,6 +111,27 @@ def format_report(rep: dict[str, Any]) -> str:
         b = rep["bytes"][key]
         lines.append(f"{label:12s} {_mib(b['per_device']):>14s} {_mib(b['total']):>14s}")
     lines.append("(train state only: activations, gradients and XLA buffers come on top)")
+    if "dense" in rep:
+        lines += ["", _comparison(rep, rep["dense"])]
+    return "\n".join(lines)
+
+
+def _comparison(rep: dict[str, Any], dense: dict[str, Any]) -> str:
+    kind = rep["linear"]
+    lines = [f"model.linear={kind} vs dense (unsharded):",
+             f"{'':16s} {'dense':>14s} {kind:>14s} {'ratio':>7s}"]
+    rows = [("parameters", dense["parameters"], rep["parameters"], "{:,}"),
+            ("  projections", dense["projection_parameters"], rep["projection_parameters"],
+             "{:,}")]
+    names = {"params": "params", "opt_state": "adamw mu+nu", "other": "other (buffers)",
+             "total": "total"}
+    rows += [(label, dense["bytes"][k]["total"], rep["bytes"][k]["total"], "mib")
+             for k, label in names.items()]
+    for label, d, s, fmt in rows:
+        ds, ss = (_mib(d), _mib(s)) if fmt == "mib" else (fmt.format(d), fmt.format(s))
+        # The dense model has no buffers worth a ratio (the step counter and RNG key).
+        ratio = f"{s / d:.3f}" if d and label != "other (buffers)" else "-"
+        lines.append(f"{label:16s} {ds:>14s} {ss:>14s} {ratio:>7s}")
     return "\n".join(lines)
 
 
@@ -96,7 +139,9 @@ def _cmd_mem(args: argparse.Namespace) -> int:
     from tlm_jax.config import load_config  # noqa: PLC0415
 
     cfg = load_config(args.config, args.overrides)
-    rep = memory_report(cfg, parse_mesh(args.mesh) if args.mesh else None, args.devices)
+    mesh = parse_mesh(args.mesh) if args.mesh else None
+    rep = (memory_report(cfg, mesh, args.devices) if cfg.model.linear == "dense"
+           else linear_comparison(cfg, mesh, args.devices))
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0
 

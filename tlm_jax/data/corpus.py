@@ -23,7 +23,8 @@ from tokenizers import Tokenizer
 
 from tlm_jax.config import DataConfig, expand_path
 from tlm_jax.data import cache as cache_lib
-from tlm_jax.data.sources import iter_documents, source_fingerprint
+from tlm_jax.data import filters as filters_lib
+from tlm_jax.data.sources import iter_documents, iter_records, source_fingerprint
 from tlm_jax.data.subset import SubsetPlan, iter_selected, plan_subset, take_words
 from tlm_jax.data.synthetic import synthetic_corpus
 from tlm_jax.data.tokenizer import (
@@ -33,6 +34,7 @@ from tlm_jax.data.tokenizer import (
     tokenizer_hash,
     train_wordpiece,
 )
+from tlm_jax.errors import TLMError
 
 
 @dataclass
@@ -59,6 +61,70 @@ def doc_factory(cfg: DataConfig) -> Callable[[], Iterator[str]]:
     paths = [expand_path(p) for p in cfg.paths]
     kwargs = _source_kwargs(cfg)
     return lambda: iter_documents(cfg.source, paths, **kwargs)
+
+
+def record_factory(cfg: DataConfig) -> Callable[[], Iterator[filters_lib.Doc]]:
+    """Like :func:`doc_factory`, with each document's source metadata (JSONL/Pile fields)."""
+    if cfg.source == "synthetic":
+        return lambda: (filters_lib.Doc(t) for t in synthetic_corpus(cfg.synthetic_docs, cfg.seed))
+    paths = [expand_path(p) for p in cfg.paths]
+    kwargs = _source_kwargs(cfg)
+    return lambda: (filters_lib.Doc(t, m) for t, m in iter_records(cfg.source, paths, **kwargs))
+
+
+def _filter_plan(cfg: DataConfig, root: Path, plan: SubsetPlan, plan_key: str,
+                 log: Callable[[str], None]) -> tuple[SubsetPlan, str, list[dict[str, Any]]]:
+    """Apply ``cfg.filters`` to the plan's training documents (scores cached per scorer).
+
+    Validation documents are left as planned, so runs filtered differently are
+    validated on the same text.
+    """
+    specs = filters_lib.parse_filters(list(cfg.filters), dict(cfg.filter_options or {}))
+    if not specs:
+        return plan, plan_key, []
+    scorers = {s.name: filters_lib.get_scorer(s.scorer, **s.options) for s in specs}
+    prints = {name: sc.fingerprint() for name, sc in scorers.items()}
+    paths = {name: root / "scores" / f"{_hash({'plan': plan_key, 'scorer': fp})}.npy"
+             for name, fp in prints.items()}
+    scores = {name: np.load(p) for name, p in paths.items() if p.is_file()}
+    todo = [name for name in scorers if name not in scores]
+    if todo:
+        t0 = time.perf_counter()
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in todo}
+        buf: list[filters_lib.Doc] = []
+
+        def flush() -> None:
+            for name in todo:
+                parts[name].append(np.asarray(scorers[name].score(buf), np.float64))
+            buf.clear()
+
+        for doc in iter_selected(record_factory(cfg), plan.train_ids):  # type: ignore[arg-type]
+            buf.append(doc)  # type: ignore[arg-type]
+            if len(buf) >= 512:
+                flush()
+        if buf:
+            flush()
+        for name in todo:
+            s = np.concatenate(parts[name]) if parts[name] else np.zeros(0)
+            if len(s) != plan.num_train:
+                raise TLMError(f"filter {name}: scorer returned {len(s)} scores for "
+                               f"{plan.num_train} documents", "return one score per document")
+            paths[name].parent.mkdir(parents=True, exist_ok=True)
+            tmp = paths[name].with_suffix(".tmp.npy")
+            np.save(tmp, s)
+            tmp.replace(paths[name])
+            scores[name] = s
+        log(f"filters: scored {plan.num_train} documents with {', '.join(todo)} "
+            f"({time.perf_counter() - t0:.1f}s)")
+    keep, info = filters_lib.apply_filters(specs, scores)
+    for row in info:
+        log(f"filter {row['filter']} ({row['rule']}): kept {row['kept']:,} / dropped "
+            f"{row['dropped']:,} of {row['input']:,} (alone it drops {row['dropped_alone']:,})")
+    if not keep.any():
+        raise TLMError("the curation filters dropped every training document",
+                       "loosen the thresholds in data.filter_options")
+    key = _hash({"plan": plan_key, "filters": [s.key(prints[s.name]) for s in specs]})
+    return SubsetPlan(plan.train_ids[keep], plan.val_ids, plan.total_docs), key, info
 
 
 def _source_kwargs(cfg: DataConfig) -> dict[str, Any]:
@@ -156,6 +222,7 @@ def prepare_corpus(cfg: DataConfig, *, progress: bool = True,
     t0 = time.perf_counter()
     src_key = source_key(cfg)
     plan, plan_key = _plan(cfg, root, src_key, log)
+    plan, plan_key, filter_info = _filter_plan(cfg, root, plan, plan_key, log)
     factory = doc_factory(cfg)
     train_docs = lambda: iter_selected(factory, plan.train_ids)  # noqa: E731
     val_docs = lambda: iter_selected(factory, plan.val_ids)  # noqa: E731
@@ -184,6 +251,8 @@ def prepare_corpus(cfg: DataConfig, *, progress: bool = True,
             "train_docs": len(arrays["train"]), "train_tokens": arrays["train"].num_tokens,
             "val_docs": len(arrays["val"]), "val_tokens": arrays["val"].num_tokens,
             "total_docs": plan.total_docs}
+    if filter_info:
+        info["filters"] = filter_info
     log(f"data: {info['train_docs']} train docs / {info['train_tokens']:,} tokens, "
         f"{info['val_docs']} val docs; token cache {'reused' if meta['reused'] else 'built'} "
         f"in {seconds:.1f}s")

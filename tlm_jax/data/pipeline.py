@@ -10,7 +10,7 @@ The iterator's state is a small dict saved in every checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +84,16 @@ def local_shard() -> ShardInfo:
     return ShardInfo(jax.process_index(), jax.process_count())
 
 
-def make_dataset(source: ExampleSource, global_batch: int, *, seed: int, shuffle: bool = True,
-                 repeat: bool = True, shard: ShardInfo | None = None) -> grain.MapDataset:
+def make_dataset(source: ExampleSource | grain.MapDataset, global_batch: int, *, seed: int,
+                 shuffle: bool = True, repeat: bool = True, shard: ShardInfo | None = None,
+                 transform: Callable[[grain.MapDataset], grain.MapDataset] | None = None
+                 ) -> grain.MapDataset:
     """A ``MapDataset`` of this process's share of each global batch.
 
-    Shuffling is reseeded every epoch; batches may cross epoch boundaries.
+    Shuffling is reseeded every epoch; batches may cross epoch boundaries. ``source``
+    may itself be a ``MapDataset`` (a mixture of sources). ``transform`` rewrites the
+    global example stream (index = place in training order) before batching, e.g. the
+    insertions of :mod:`tlm_jax.data.insertion`.
     """
     shard = shard or local_shard()
     if len(source) == 0:
@@ -97,11 +102,13 @@ def make_dataset(source: ExampleSource, global_batch: int, *, seed: int, shuffle
         raise TLMError(f"global batch {global_batch} does not divide over {shard.count} processes",
                        "use a batch that is a multiple of the process count")
     local = global_batch // shard.count
-    ds = grain.MapDataset.source(source)
+    ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat(None)
+    if transform is not None:
+        ds = transform(ds)
     ds = ds.batch(local, drop_remainder=True)
     ds = ds[shard.index::shard.count]
     offset = shard.index * local

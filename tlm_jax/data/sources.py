@@ -233,6 +233,11 @@ def _pile_set_name(record: dict[str, Any]) -> str | None:
 
 def _read_pile(paths: list[Path], text_field: str,
                domains: Sequence[str] | None) -> Iterator[str]:
+    return (text for text, _ in _read_pile_records(paths, text_field, domains))
+
+
+def _read_pile_records(paths: list[Path], text_field: str, domains: Sequence[str] | None
+                       ) -> Iterator[tuple[str, dict[str, Any]]]:
     wanted = None if domains is None else set(domains)
     seen: Counter[str] = Counter()
     kept = 0
@@ -243,7 +248,7 @@ def _read_pile(paths: list[Path], text_field: str,
             if wanted is not None and name not in wanted:
                 continue
             kept += 1
-            yield _text_of(path, lineno, record, text_field)
+            yield _text_of(path, lineno, record, text_field), record
     if wanted is not None and kept == 0 and seen:
         # A silent empty stream would only surface later as a confusing "empty subset".
         names = ", ".join(f"{n!r} ({c})" for n, c in seen.most_common(30))
@@ -423,6 +428,39 @@ def iter_documents(
 
         docs = synthetic_corpus(synthetic_docs, synthetic_seed)
     return (doc for doc in docs if len(doc.strip()) >= min_chars)
+
+
+def iter_records(
+    kind: str,
+    paths: Sequence[str],
+    *,
+    text_field: str = "text",
+    domains: Sequence[str] | None = None,
+    min_chars: int = 1,
+    **kwargs: Any,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Like :func:`iter_documents`, but each item is ``(text, metadata)``.
+
+    ``metadata`` is the JSON record without its text field for ``"jsonl"`` and
+    ``"pile"`` sources (dates, domains, URLs, ...), and ``{}`` for the other kinds.
+    Order and skipping are exactly those of :func:`iter_documents` with the same
+    arguments (``kwargs`` are passed on), so item ``i`` is document ``i``.
+    """
+    _check_kind(kind)
+    domains = _normalize_domains(kind, domains)
+    recs: Iterator[tuple[str, dict[str, Any]]]
+    if kind == "jsonl":
+        files = expand_paths(paths)
+        recs = ((_text_of(path, lineno, r, text_field), r)
+                for path in files for lineno, r in _json_records(path))
+    elif kind == "pile":
+        recs = _read_pile_records(expand_paths(paths), text_field, domains)
+    else:
+        docs = iter_documents(kind, paths, text_field=text_field, domains=domains,
+                              min_chars=min_chars, **kwargs)
+        return ((d, {}) for d in docs)
+    return ((t, {k: v for k, v in r.items() if k != text_field}) for t, r in recs
+            if len(t.strip()) >= min_chars)
 
 
 def _normalize_domains(kind: str, domains: Sequence[str] | None) -> list[str] | None:

@@ -589,6 +589,65 @@ def synthetic_corpus(num_docs: int = 2000, seed: int = 0) -> Iterator[str]:
     return (_document(seed, i) for i in range(num_docs))
 
 
+#: Article kinds of :func:`synthetic_labelled_texts`, in label order.
+SYNTHETIC_KINDS = ("person", "city", "team", "season")
+_KIND_MAKERS = {"person": _person_doc, "city": _city_doc, "team": _team_doc,
+                "season": _season_doc}
+# Fewest sentences any maker writes after its title sentence (a person article has 5-9).
+_MIN_BODY_SENTENCES = 4
+
+
+def synthetic_labelled_texts(per_kind: int = 1000, seed: int = 0, window: int = 2
+                             ) -> Iterator[tuple[str, str]]:
+    """Yield ``(kind, text)`` pairs: short passages labelled by the kind of article they come from.
+
+    Candidate ``i`` is an article of kind ``SYNTHETIC_KINDS[i % 4]`` written from
+    its own generator seeded with ``("tlm-synthetic-task", seed, i)``: a stream
+    separate from :func:`synthetic_corpus`'s, so no article behind these texts is
+    a pretraining document (the world facts are shared, as facts recur across
+    Wikipedia articles, so a sentence stating e.g. a city's population can occur
+    in both). The text is ``window`` consecutive sentences starting at a seeded
+    position *after* the title sentence, because that sentence names the kind
+    outright ("X is a city in ..."). A passage already yielded for its kind is
+    skipped, so the texts are unique and a train/test split cannot leak.
+
+    Kinds are interleaved (person, city, team, season, person, ...) until each
+    has ``per_kind`` texts; the first ``n`` texts of a kind are the same for any
+    ``per_kind >= n``.
+
+    Raises:
+        TLMError: ``per_kind < 0``, ``window`` outside ``1..4``, or too few
+            distinct passages of a kind for ``per_kind``.
+    """
+    if per_kind < 0:
+        raise TLMError(f"per_kind={per_kind} is negative", "give per_kind >= 0")
+    if not 1 <= window <= _MIN_BODY_SENTENCES:
+        raise TLMError(f"window={window} sentences is outside 1..{_MIN_BODY_SENTENCES}",
+                       f"use a window of 1 to {_MIN_BODY_SENTENCES} sentences")
+    w = _world()
+    seen: dict[str, set[str]] = {k: set() for k in SYNTHETIC_KINDS}
+    # Windows of city/team articles repeat often (their facts are fixed); give up
+    # long before looping forever if a kind runs out of distinct passages.
+    limit = len(SYNTHETIC_KINDS) * (50 * per_kind + 100)
+    i = 0
+    while any(len(s) < per_kind for s in seen.values()):
+        if i >= limit:
+            short = {k: len(s) for k, s in seen.items() if len(s) < per_kind}
+            raise TLMError(f"only {short} distinct {window}-sentence passages found in {i} "
+                           f"synthetic articles, {per_kind} per kind requested",
+                           "request fewer rows per kind or a longer window")
+        kind = SYNTHETIC_KINDS[i % len(SYNTHETIC_KINDS)]
+        if len(seen[kind]) < per_kind:
+            rng = random.Random(f"tlm-synthetic-task:{seed}:{i}")
+            body = _KIND_MAKERS[kind](rng, w)[1:]
+            start = rng.randrange(max(len(body) - window, 0) + 1)
+            text = " ".join(body[start:start + window])
+            if len(body) >= window and text not in seen[kind]:
+                seen[kind].add(text)
+                yield kind, text
+        i += 1
+
+
 def write_synthetic_corpus(path: str | os.PathLike[str], num_docs: int = 2000,
                            seed: int = 0) -> Path:
     """Write :func:`synthetic_corpus` as gzip JSONL (``{"id": i, "text": ...}`` per line).

@@ -18,6 +18,7 @@ from tlm_jax.config import ModelConfig
 from tlm_jax.errors import TLMError
 from tlm_jax.models.bert import BertModel
 from tlm_jax.models.gpt import GPTModel
+from tlm_jax.models.sparse import SPARSE_COLLECTION
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"bert": BertModel, "gpt": GPTModel}
 
@@ -53,6 +54,10 @@ def init_variables(model: nn.Module, rng: jax.Array, length: int,
                       deterministic=True, heads=heads)
 
 
+# Non-trainable collections that no forward pass may change (SLTrain's support, SPDF's masks).
+STATIC_COLLECTIONS = (SPARSE_COLLECTION,)
+
+
 def apply_model(model: nn.Module, variables: dict[str, Any], inputs: dict[str, jax.Array],
                 rngs: dict[str, jax.Array] | None = None, *, train: bool = False,
                 heads: tuple[str, ...] = ("mlm",)) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,12 +65,15 @@ def apply_model(model: nn.Module, variables: dict[str, Any], inputs: dict[str, j
 
     In training mode the non-``params`` collections (BatchNorm statistics) are
     mutable and come back updated; in eval mode they come back unchanged.
+    :data:`STATIC_COLLECTIONS` are never mutable: they come back as they went in.
     """
-    mutable = [k for k in variables if k != "params"] if train else []
+    mutable = [k for k in variables if k != "params" and k not in STATIC_COLLECTIONS] \
+        if train else []
     if mutable:
         out, updates = model.apply(variables, inputs, deterministic=not train, heads=heads,
                                    rngs=rngs or {}, mutable=mutable)
-        return out, dict(updates)
+        static = {k: v for k, v in variables.items() if k in STATIC_COLLECTIONS}
+        return out, {**static, **dict(updates)}
     out = model.apply(variables, inputs, deterministic=not train, heads=heads, rngs=rngs or {})
     return out, {k: v for k, v in variables.items() if k != "params"}
 

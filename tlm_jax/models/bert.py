@@ -18,11 +18,17 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
+from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import MLP, Dense, Embed, LayerNorm, SelfAttention, activation, dtype_of
+from tlm_jax.models.sparse import linear_spec
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN transformer layer, as in BERT."""
+    """Transformer layer: post-LN as in BERT (``norm="post"``) or pre-LN (``norm="pre"``).
+
+    Both placements use the same parameter names, so a checkpoint's tree does not
+    say which one it was trained with: the run's config does.
+    """
 
     cfg: ModelConfig
 
@@ -31,13 +37,19 @@ class EncoderLayer(nn.Module):
         c = self.cfg
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         head_dim = c.head_dim or c.hidden // c.heads
-        a = SelfAttention(c.heads, head_dim, c.attention_dropout, dtype=dt, param_dtype=pdt,
-                          init_std=c.init_std, name="attention")(x, mask, deterministic)
-        a = nn.Dropout(c.dropout)(a, deterministic=deterministic)
-        x = LayerNorm(c.layer_norm_eps, dt, pdt, name="attention_norm")(x + a)
-        h = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, name="mlp")(x)
-        h = nn.Dropout(c.dropout)(h, deterministic=deterministic)
-        x = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")(x + h)
+        attn = SelfAttention(c.heads, head_dim, c.attention_dropout, dtype=dt, param_dtype=pdt,
+                             init_std=c.init_std, linear=linear_spec(c), name="attention")
+        attn_norm = LayerNorm(c.layer_norm_eps, dt, pdt, name="attention_norm")
+        mlp = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, linear=linear_spec(c),
+                  name="mlp")
+        mlp_norm = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")
+        drop = Dropout(c.dropout)
+        if c.norm == "pre":
+            x = x + drop(attn(attn_norm(x), mask, deterministic), deterministic=deterministic)
+            x = x + drop(mlp(mlp_norm(x)), deterministic=deterministic)
+        else:
+            x = attn_norm(x + drop(attn(x, mask, deterministic), deterministic=deterministic))
+            x = mlp_norm(x + drop(mlp(x), deterministic=deterministic))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -54,7 +66,7 @@ class Embeddings(nn.Module):
         self.token_type = Embed(c.type_vocab_size, c.hidden, ("types", "embed"), dt, pdt,
                                 c.init_std)
         self.norm = LayerNorm(c.layer_norm_eps, dt, pdt)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def __call__(self, ids: jax.Array, types: jax.Array, deterministic: bool) -> jax.Array:
         pos = jnp.arange(ids.shape[1])[None, :]
@@ -101,6 +113,10 @@ class BertModel(nn.Module):
         self.front = self._front_end()
         self.encoder_layers = [EncoderLayer(self.cfg, name=f"layer_{i}")
                                for i in range(self.cfg.layers)]
+        # Pre-LN layers leave the residual stream unnormalised: one LayerNorm closes it.
+        self.final_norm = (LayerNorm(self.cfg.layer_norm_eps, dtype_of(self.cfg.dtype),
+                                     dtype_of(self.cfg.param_dtype))
+                           if self.cfg.norm == "pre" else None)
         self.mlm = MLMHead(self.cfg)
         if self.token_classes:
             c = self.cfg
@@ -130,6 +146,8 @@ class BertModel(nn.Module):
             x = self.front(x, deterministic)
         for layer in self.encoder_layers:
             x = layer(x, mask, deterministic)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         return x
 
     def __call__(self, inputs: dict[str, jax.Array], deterministic: bool = True,

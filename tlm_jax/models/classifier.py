@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
+from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import Dense, dtype_of
 
 POOLINGS = ("cls", "mean")
@@ -50,7 +51,7 @@ class SequenceClassifier(nn.Module):
         from tlm_jax.models import build_model  # noqa: PLC0415 - avoid an import cycle
 
         self.encoder = build_model(self.cfg)
-        self.head_dropout = nn.Dropout(self.dropout)
+        self.head_dropout = Dropout(self.dropout)
         c = self.cfg
         self.classifier = Dense((self.num_classes,), ("embed", "classes"),
                                 dtype=dtype_of(c.dtype), param_dtype=dtype_of(c.param_dtype),

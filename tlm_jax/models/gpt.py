@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
 from tlm_jax.models.bert import gather_positions
+from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import (
     MLP,
     Dense,
@@ -38,6 +39,7 @@ from tlm_jax.models.layers import (
     dtype_of,
     matmul,
 )
+from tlm_jax.models.sparse import linear_spec
 
 
 class DecoderLayer(nn.Module):
@@ -52,12 +54,13 @@ class DecoderLayer(nn.Module):
         head_dim = c.head_dim or c.hidden // c.heads
         h = LayerNorm(c.layer_norm_eps, dt, pdt, name="attention_norm")(x)
         a = SelfAttention(c.heads, head_dim, c.attention_dropout, causal=True, dtype=dt,
-                          param_dtype=pdt, init_std=c.init_std, name="attention")(h, mask,
-                                                                                   deterministic)
-        x = x + nn.Dropout(c.dropout)(a, deterministic=deterministic)
+                          param_dtype=pdt, init_std=c.init_std, linear=linear_spec(c),
+                          name="attention")(h, mask, deterministic)
+        x = x + Dropout(c.dropout)(a, deterministic=deterministic)
         h = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")(x)
-        h = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, name="mlp")(h)
-        x = x + nn.Dropout(c.dropout)(h, deterministic=deterministic)
+        h = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, linear=linear_spec(c),
+                name="mlp")(h)
+        x = x + Dropout(c.dropout)(h, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -71,7 +74,7 @@ class GPTEmbeddings(nn.Module):
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         self.word = Embed(c.vocab_size, c.hidden, ("vocab", "embed"), dt, pdt, c.init_std)
         self.position = Embed(c.max_len, c.hidden, ("positions", "embed"), dt, pdt, c.init_std)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def __call__(self, ids: jax.Array, deterministic: bool) -> jax.Array:
         pos = jnp.arange(ids.shape[1])[None, :]

@@ -8,12 +8,15 @@ f32, and on accelerators f32 accumulation is what one wants anyway.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from tlm_jax.models.dropout import Dropout
 
 Dtype = Any
 
@@ -75,6 +78,45 @@ class Dense(nn.Module):
         return y
 
 
+DEFAULT_INIT = nn.initializers.normal(0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSpec:
+    """Which layer the attention and MLP projections are (``model.linear``), with its settings.
+
+    ``dense`` is :class:`Dense`; ``sltrain`` and ``spdf`` are the sparse / low-rank layers of
+    :mod:`tlm_jax.models.sparse` (built from a :class:`~tlm_jax.config.ModelConfig` by
+    :func:`tlm_jax.models.sparse.linear_spec`).
+    """
+
+    kind: str = "dense"
+    rank: int = 32
+    alpha: float = 8.0
+    density: float = 0.03
+    sparsity: float = 0.75
+
+
+def projection(spec: LinearSpec | None, features: Sequence[int], axes: Sequence[str | None], *,
+               name: str, contract: int = 1, groups: int = 1, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32,
+               kernel_init: Callable = DEFAULT_INIT) -> nn.Module:
+    """A :class:`Dense`, or its ``spec.kind`` counterpart (same name, same logical axes).
+
+    ``groups``: the first output dim holds that many separate matrices (the fused
+    ``[embed, 3, heads, kv]`` QKV kernel is q, k and v): sparse layers draw a support /
+    mask and low-rank factors per matrix, as for the papers' separate projections.
+    """
+    if spec is None or spec.kind == "dense":
+        return Dense(features, axes, contract=contract, dtype=dtype, param_dtype=param_dtype,
+                     kernel_init=kernel_init, name=name)
+    # Imported here: sparse.py builds on this module.
+    from tlm_jax.models.sparse import sparse_projection  # noqa: PLC0415
+
+    return sparse_projection(spec, features, axes, name=name, contract=contract, groups=groups,
+                             dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed in float32 with named ``norm`` parameters."""
 
@@ -110,14 +152,15 @@ class SelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     init_std: float = 0.02
+    linear: LinearSpec | None = None  # None = dense projections
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         hidden = x.shape[-1]
         init = nn.initializers.normal(self.init_std)
-        qkv = Dense((3, self.heads, self.head_dim), ("embed", None, "heads", "kv"),
-                    dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
-                    name="qkv")(x)
+        qkv = projection(self.linear, (3, self.heads, self.head_dim),
+                         ("embed", None, "heads", "kv"), groups=3, dtype=self.dtype,
+                         param_dtype=self.param_dtype, kernel_init=init, name="qkv")(x)
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = q * jnp.asarray(self.head_dim ** -0.5, self.dtype)
@@ -130,11 +173,12 @@ class SelfAttention(nn.Module):
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         if self.dropout > 0 and not deterministic:
-            probs = nn.Dropout(self.dropout)(probs, deterministic=False)
+            probs = Dropout(self.dropout)(probs, deterministic=False)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
         ctx = nn.with_logical_constraint(ctx.astype(self.dtype), ("batch", "length", "heads", "kv"))
-        return Dense((hidden,), ("heads", "kv", "embed"), contract=2, dtype=self.dtype,
-                     param_dtype=self.param_dtype, kernel_init=init, name="out")(ctx)
+        return projection(self.linear, (hidden,), ("heads", "kv", "embed"), contract=2,
+                          dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
+                          name="out")(ctx)
 
 
 class MLP(nn.Module):
@@ -145,16 +189,17 @@ class MLP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     init_std: float = 0.02
+    linear: LinearSpec | None = None  # None = dense projections
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         init = nn.initializers.normal(self.init_std)
-        h = Dense((self.intermediate,), ("embed", "mlp"), dtype=self.dtype,
-                  param_dtype=self.param_dtype, kernel_init=init, name="wi")(x)
+        h = projection(self.linear, (self.intermediate,), ("embed", "mlp"), dtype=self.dtype,
+                       param_dtype=self.param_dtype, kernel_init=init, name="wi")(x)
         h = activation(self.activation)(h)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        return Dense((x.shape[-1],), ("mlp", "embed"), dtype=self.dtype,
-                     param_dtype=self.param_dtype, kernel_init=init, name="wo")(h)
+        return projection(self.linear, (x.shape[-1],), ("mlp", "embed"), dtype=self.dtype,
+                          param_dtype=self.param_dtype, kernel_init=init, name="wo")(h)
 
 
 class Embed(nn.Module):

@@ -1,9 +1,9 @@
 """Classification datasets with recorded, reproducible train/val/test splits.
 
-Every loader reads its source (CSV/TSV/JSONL files, the FewRel JSON, or a TFDS
-dataset), turns it into ``(text, label)`` pools and hands them to one shared
-splitter, :func:`make_splits`, which implements the options common to all
-loaders:
+Every loader reads its source (CSV/TSV/JSONL files, the FewRel JSON, a TFDS
+dataset, or the package's own synthetic articles), turns it into
+``(text, label)`` pools and hands them to one shared splitter,
+:func:`make_splits`, which implements the options common to all loaders:
 
 ``seed``
     Every random choice is derived from it; the same seed gives the same split.
@@ -794,6 +794,69 @@ def load_fewrel(
     )
 
 
+def load_synthetic(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    rows_per_class: int = 1000,
+    window: int = 2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    val_fraction: float = 0.0,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> ClassificationData:
+    """Which kind of article a passage comes from (person / city / team / season), offline.
+
+    The package writes this task itself
+    (:func:`tlm_jax.data.synthetic.synthetic_labelled_texts`), so a fresh clone can
+    fine-tune with no data directory (``data_dir`` is ignored). The pool is fixed,
+    like a file: ``rows_per_class`` unique passages per kind, each ``window``
+    consecutive sentences after the title sentence of an article generated from a
+    stream separate from the pretraining corpus's documents. ``seed`` chooses the
+    split only; the train/test split is made here (see :func:`make_splits`).
+    Passages of a kind share templates, so keywords go a long way (as in AG News);
+    the first word alone does not decide the class ("The" opens city, team and
+    season passages alike).
+
+    Args:
+        rows_per_class: passages generated per kind (the most train + test rows a
+            class can give).
+        window: sentences per passage (1-4).
+        Others: see :func:`make_splits`.
+    """
+    del data_dir
+    from tlm_jax.data.synthetic import SYNTHETIC_KINDS, synthetic_labelled_texts  # noqa: PLC0415
+
+    label_of = {k: i for i, k in enumerate(SYNTHETIC_KINDS)}
+    texts, labels = [], []
+    for kind, text in synthetic_labelled_texts(rows_per_class, window=window):
+        texts.append(text)
+        labels.append(label_of[kind])
+    source = f"synthetic:{rows_per_class}x{len(SYNTHETIC_KINDS)},window={window}"
+    prov = {
+        "generator": "tlm_jax.data.synthetic.synthetic_labelled_texts",
+        "rows_per_class": rows_per_class,
+        "text": f"{window} consecutive sentences after the title sentence of a synthetic "
+        "article (seed stream separate from the pretraining corpus), unique per class",
+        "label_map": "the article generator that wrote the passage",
+    }
+    return make_splits(
+        "synthetic",
+        list(SYNTHETIC_KINDS),
+        {"all": Pool(texts, np.asarray(labels), source)},
+        seed=seed,
+        test_fraction=test_fraction,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        val_fraction=val_fraction,
+        max_train=max_train,
+        max_test=max_test,
+        provenance=prov,
+    )
+
+
 # ----------------------------------------------------------------------------
 # Generic files
 # ----------------------------------------------------------------------------
@@ -1174,6 +1237,12 @@ TASKS: dict[str, TaskSpec] = {
         load_fewrel,
         "FewRel 1.0 relation classification with entity markers, 16 relations (data dir: fewrel/)",
         {"train_per_class": 630, "test_per_class": 70},
+    ),
+    "synthetic": TaskSpec(
+        load_synthetic,
+        "article kind (person/city/team/season) of synthetic passages, 4 classes (built in, offline)",
+        # Not a paper task: half of each class's 1,000 generated passages on each side.
+        {"train_per_class": 500, "test_per_class": 500},
     ),
 }
 

@@ -62,7 +62,7 @@ from tlm_jax.objectives.base import Batch, LossTerms, Objective, cross_entropy_t
 class TaskConfig:
     """Which task and how it is split (see :func:`tlm_jax.tasks.datasets.make_splits`).
 
-    ``name``: ``ag_news`` | ``dbpedia`` | ``fewrel`` | ``generic`` | ``tfds``.
+    ``name``: ``ag_news`` | ``dbpedia`` | ``fewrel`` | ``synthetic`` | ``generic`` | ``tfds``.
     ``--task csv:PATH`` (``tsv:``/``jsonl:``) sets ``name=generic path=PATH
     format=csv``; ``--task tfds:NAME`` sets ``name=tfds path=NAME``. For generic
     files ``text_columns``/``label_column`` name the columns (or 0-based
@@ -324,6 +324,13 @@ def resolve_backbone(pretrained: str | os.PathLike | None, *, tokenizer_from: st
             tok = load_tokenizer(src)
             mcfg = dataclasses.replace(cfg.model)
             max_len, source = mcfg.max_len, str(src)
+    # Fine-tuning is dense: SLTrain / SPDF runs are densified when their weights are loaded
+    # (load_pretrained_variables), and their twins are dense models of the same shape.
+    if over.get("linear", "dense") != "dense":
+        raise TLMError(f"model.linear={over['linear']} cannot be fine-tuned (fine-tuning is dense)",
+                       "drop model.linear: sltrain/spdf runs are densified when loaded")
+    sparse_linear = mcfg.linear if mcfg.linear != "dense" else None
+    mcfg = dataclasses.replace(mcfg, linear="dense")
     special = special_tokens(tok)
     if mcfg.vocab_size <= 0:
         from tlm_jax.train.loop import padded_vocab  # noqa: PLC0415
@@ -344,12 +351,17 @@ def resolve_backbone(pretrained: str | os.PathLike | None, *, tokenizer_from: st
             "model": dataclasses.asdict(mcfg), "max_len": max_len}
     if tokenizer_from and run_dir is None and Path(tokenizer_from).is_dir():
         info["twin_of"] = str(Path(tokenizer_from).resolve())
+    if sparse_linear:
+        info["densified_from"] = sparse_linear
     return Backbone(mcfg, tok, special, max_len, run_dir, source, info)
 
 
 def load_pretrained_variables(run: Path, mesh: Any, *, log: Callable[[str], None] = print
                               ) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """``(params, model_state, step)`` of the newest restorable checkpoint of ``run``."""
+    """``(params, model_state, step)`` of the newest restorable checkpoint of ``run``.
+
+    SLTrain / SPDF projections come back densified (:func:`tlm_jax.models.sparse.densify_variables`).
+    """
     import jax  # noqa: PLC0415
 
     from tlm_jax.data.tokenizer import load_tokenizer, special_tokens  # noqa: PLC0415
@@ -380,6 +392,11 @@ def load_pretrained_variables(run: Path, mesh: Any, *, log: Callable[[str], None
     # Host copies: the fine-tuning step donates its state, so device buffers shared with
     # the first seed's state would be gone for the next seed.
     params, model_state = jax.device_get((state.params, state.model_state))
+    if pcfg.model.linear != "dense":
+        from tlm_jax.models.sparse import densify_variables  # noqa: PLC0415
+
+        params, model_state = densify_variables(pcfg.model, params, model_state)
+        log(f"densified the {pcfg.model.linear} projections of {run} (fine-tuning is dense)")
     return params, model_state, int(step)
 
 
@@ -422,7 +439,7 @@ def load_task_data(tc: TaskConfig, seed: int) -> Any:
     from tlm_jax.tasks.datasets import load_task  # noqa: PLC0415
 
     if not tc.name:
-        raise TLMError("no task given", "pass --task ag_news|dbpedia|fewrel|csv:PATH|tfds:NAME")
+        raise TLMError("no task given", "pass --task ag_news|dbpedia|fewrel|synthetic|csv:PATH|tfds:NAME")
     opts: dict[str, Any] = {
         "seed": seed, "test_fraction": tc.test_fraction, "val_fraction": tc.val_fraction,
         "train_per_class": tc.train_per_class or None, "test_per_class": tc.test_per_class or None,

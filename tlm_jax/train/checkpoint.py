@@ -49,11 +49,16 @@ class Checkpointer:
                                   meta=ocp.args.JsonSave(meta))
         return bool(self.manager.save(step, args=args, force=force))
 
-    def restore(self, abstract: Any, shardings: Any) -> tuple[int, Any, dict, dict] | None:
-        """Newest restorable checkpoint as ``(step, state, data_state, meta)``, else None."""
+    def restore(self, abstract: Any, shardings: Any, only: int | None = None
+                ) -> tuple[int, Any, dict, dict] | None:
+        """Newest restorable checkpoint as ``(step, state, data_state, meta)``, else None.
+
+        ``only``: that step's checkpoint alone (None when it is missing or unrestorable).
+        """
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        for step in reversed(self.steps()):
+        steps = reversed(self.steps()) if only is None else [s for s in self.steps() if s == only]
+        for step in steps:
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),

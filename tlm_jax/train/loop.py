@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from tlm_jax import sharding as shd
 from tlm_jax.config import Config, read_config, save_config, to_dict
 from tlm_jax.data.corpus import Corpus, prepare_corpus
+from tlm_jax.data.insertion import InsertionPlan, build_insertions
 from tlm_jax.data.pipeline import (
     ExampleSource,
     epoch_of,
@@ -39,13 +40,15 @@ from tlm_jax.models import build_model, count_params
 from tlm_jax.objectives import build_objectives
 from tlm_jax.objectives.base import document_hooks
 from tlm_jax.train.checkpoint import Checkpointer
+from tlm_jax.train.continual import continual_data, init_from_run, resolve_init
 from tlm_jax.train.metrics import MetricsLogger
 from tlm_jax.train.optimizer import make_optimizer
+from tlm_jax.train.selection import SelectionHook
 from tlm_jax.train.state import TrainState, create_state, state_shardings
 from tlm_jax.train.step import make_eval_step, make_train_step, summarize_eval
 
 # Config sections that must not change when a run is resumed.
-_FROZEN_SECTIONS = ("data", "model", "objective")
+_FROZEN_SECTIONS = ("data", "model", "objective", "continual", "interventions")
 
 
 def _check_resume_config(cfg: Config, workdir: Path) -> None:
@@ -118,6 +121,9 @@ class Run:
     steps: int
     tx: Any
     schedule: Any
+    # Named extra validation sets (logged as ``val_<name>``), e.g. a continual run's old corpus.
+    eval_sources: dict[str, ExampleSource] = dataclasses.field(default_factory=dict)
+    insertions: InsertionPlan | None = None  # Train-Once-Answer-All stream insertions
 
 
 def build_run(cfg: Config, *, log: Callable[[str], None] = print,
@@ -126,6 +132,7 @@ def build_run(cfg: Config, *, log: Callable[[str], None] = print,
 
     ``devices`` restricts the mesh to those devices (default: all).
     """
+    cfg = resolve_init(cfg, log=log)
     corpus = prepare_corpus(cfg.data, progress=cfg.train.progress and is_main_process(), log=log,
                             hooks=document_hooks(cfg.objective, cfg.data.max_len))
     n_tok = corpus.special.vocab_size
@@ -147,9 +154,23 @@ def build_run(cfg: Config, *, log: Callable[[str], None] = print,
                          batch=cfg.train.batch_size // max(cfg.optim.grad_accum, 1))
     train_source = ExampleSource(corpus.train, corpus.special, cfg.data.max_len, cfg.data.packing)
     val_source = ExampleSource(corpus.val, corpus.special, cfg.data.max_len, cfg.data.packing)
+    train_source, eval_sources = continual_data(cfg, corpus, train_source, log=log)
     steps = total_steps(cfg, len(train_source))
     tx, schedule = make_optimizer(cfg.optim, steps)
-    return Run(cfg, corpus, model, objectives, mesh, train_source, val_source, steps, tx, schedule)
+    insertions = build_insertions(cfg.interventions.file, corpus.tokenizer, corpus.special,
+                                  steps=steps, global_batch=cfg.train.batch_size,
+                                  max_len=cfg.data.max_len, seed=cfg.interventions.seed)
+    if insertions is not None and getattr(cfg.data, "selection", None) is not None \
+            and cfg.data.selection.method != "none":
+        raise TLMError("interventions.file cannot be combined with data.selection (the subset "
+                       "schedule replaces the stream the insertions are planned on)",
+                       "drop one of them")
+    return Run(cfg, corpus, model, objectives, mesh, train_source, val_source, steps, tx, schedule,
+               eval_sources, insertions)
+
+
+def _stream_transform(run: Run) -> Callable | None:
+    return run.insertions.transform if run.insertions is not None else None
 
 
 def _to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -224,7 +245,8 @@ def run_steps(run: Run, num_steps: int, *, pmap: bool = False) -> list[dict[str,
                                         run.cfg.data.max_len)
         fns = compile_steps(run, shardings, pmap=pmap)
         state = fns.put_state(state)
-        ds = make_dataset(run.train_source, run.cfg.train.batch_size, seed=data_seed(run.cfg))
+        ds = make_dataset(run.train_source, run.cfg.train.batch_size, seed=data_seed(run.cfg),
+                          transform=_stream_transform(run))
         out = []
         for i in range(num_steps):
             state, m = fns.train(state, fns.prep(ds[i]))
@@ -238,6 +260,7 @@ def pretrain(cfg: Config, workdir: str | Path, *, log: Callable[[str], None] = p
     maybe_initialize(cfg.distributed)
     workdir = Path(workdir)
     main = is_main_process()
+    cfg = resolve_init(cfg, log=log if main else (lambda _: None))
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         _check_resume_config(cfg, workdir)
@@ -246,6 +269,8 @@ def pretrain(cfg: Config, workdir: str | Path, *, log: Callable[[str], None] = p
         _save_tokenizer(run.corpus, workdir)
         save_config(cfg, workdir / "config.json")
         (workdir / "data_info.json").write_text(json.dumps(run.corpus.info, indent=2) + "\n")
+        if run.insertions is not None:
+            (workdir / "insertions.json").write_text(json.dumps(run.insertions.summary()) + "\n")
     with _mesh_context(run.mesh, cfg.train.parallel == "pmap"):
         return _loop(run, workdir, log if main else (lambda _: None))
 
@@ -266,11 +291,18 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
     else:
         start = 0
         state, _ = create_state(run.model, run.tx, mesh, cfg.train.seed, length)
+        if cfg.continual.init_from:
+            state = init_from_run(cfg, state, mesh, log=log)
     n_params = count_params(state.params)
     log(f"model: {cfg.model.preset} ({cfg.model.arch}), {n_params:,} parameters; mesh "
         f"{dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))}; {run.steps} steps")
 
-    ds = make_dataset(run.train_source, cfg.train.batch_size, seed=data_seed(cfg))
+    # INGENIOUS / random subsets: batches become a function of the step (tlm_jax/train/selection.py).
+    selection = (SelectionHook(run, workdir, seed=data_seed(cfg), log=log)
+                 if cfg.data.selection.method != "none" else None)
+    ds = selection.dataset() if selection else make_dataset(
+        run.train_source, cfg.train.batch_size, seed=data_seed(cfg),
+        transform=_stream_transform(run))
     it = make_iterator(ds, prefetch=cfg.data.prefetch, workers=cfg.data.grain_workers)
     if data_state:
         it.set_state(data_state)
@@ -286,14 +318,19 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
     meta = {"config": to_dict(cfg), "tokenizer_hash": run.corpus.info["tokenizer_hash"]}
 
     def evaluate(step: int) -> dict[str, float]:
-        sums = []
-        for b in eval_batches(run.val_source, cfg.train.batch_size, cfg.train.eval_batches):
-            out = eval_fn(state, prep(b))
-            sums.append(jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0], jax.device_get(out)))
-        res = summarize_eval(sums, run.objectives)
-        if res:
-            logger.log(step, res, prefix="val")
-        return res
+        main_res: dict[str, float] = {}
+        for name, source in {"": run.val_source, **run.eval_sources}.items():
+            sums = []
+            for b in eval_batches(source, cfg.train.batch_size, cfg.train.eval_batches):
+                out = eval_fn(state, prep(b))
+                sums.append(jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0],
+                                         jax.device_get(out)))
+            res = summarize_eval(sums, run.objectives)
+            if res:
+                logger.log(step, res, prefix=f"val_{name}" if name else "val")
+            if not name:
+                main_res = res
+        return main_res
 
     bar = tqdm(total=run.steps, initial=start, disable=not (cfg.train.progress and main),
                unit="step", dynamic_ncols=True)
@@ -305,6 +342,9 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
     step = start
     try:
         for step in range(start, run.steps):
+            if selection is not None and selection.due(step):
+                it = selection.refresh(host_state(state), it, prefetch=cfg.data.prefetch,
+                                       workers=cfg.data.grain_workers, main=main)
             batch = next(it)
             state, metrics = step_fn(state, prep(batch))
             steps_since += 1

@@ -110,7 +110,10 @@ def make_train_step(model: nn.Module, objectives: list[tuple[Objective, float]],
             grads = jax.lax.psum(grads, axis_name)
             loss = jax.lax.psum(loss, axis_name)
             metrics = jax.lax.psum(metrics, axis_name)
-            new_ms = jax.lax.pmean(new_ms, axis_name)
+            # Integer buffers (SLTrain's support) are identical on every replica; pmean would
+            # turn them into floats.
+            new_ms = jax.tree.map(lambda x: jax.lax.pmean(x, axis_name)
+                                  if jnp.issubdtype(x.dtype, jnp.inexact) else x, new_ms)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics)

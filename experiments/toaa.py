@@ -1,0 +1,546 @@
+"""Train Once, Answer All: four data experiments in one pretraining run, and CPDT.
+
+    python -m experiments.toaa --workdir DIR [--preset cpu|paper] [--runs-dir RUNS]
+
+Four experiments share one pretraining run of the preset's shallow model on
+Wikipedia (Bordt & Pawelczyk, arXiv 2509.23383), each owning a few sequences
+written into the training stream (:mod:`tlm_jax.data.insertion`) and its own
+metric against never-inserted controls (:mod:`tlm_jax.eval.interventions`):
+
+* ``canaries``       -- random word sequences inserted 2 / 8 / 32 times (memorisation
+  vs repetitions; exposure and AUC against 64 control sequences);
+* ``canaries_early`` -- canaries inserted 8 times, only in the first 30 % of training
+  (``random-range``; forgetting: compare with the uniform 8x group);
+* ``facts``          -- fictional facts ("the favourite colour of velkor tamsin is red .")
+  inserted 8 times; recall = log-probability of the object among the relation's
+  candidates at the masked slot, against never-inserted control facts;
+* ``facts_para``     -- paraphrases of the *same* facts; metric: recall probed with the
+  paraphrase template. It shares knowledge with ``facts`` on purpose: the planted
+  dependency the interaction check should find.
+
+A control run (same data, no insertions) gives the loss comparison and the
+never-inserted baseline. The non-interaction check is CPDT: short continual runs
+from the control run's weights with no insertions (two data seeds: the noise row),
+each experiment alone and all jointly; ``D[j][i] = Y_i^{j} - Y_i^{none}`` with
+sign-flip permutation p-values over items (Bonferroni over off-diagonal entries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import common as C
+
+EXPERIMENTS = ("canaries", "canaries_early", "facts", "facts_para")
+
+# Relation -> (insertion template, paraphrase template, preferred single-token objects).
+RELATIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "colour": ("the favourite colour of {s} is {o} .", "{s} likes the colour {o} best .",
+               ("red", "blue", "green", "yellow", "black", "white", "brown", "orange")),
+    "city": ("{s} was born in the city of {o} .", "the birthplace of {s} is {o} .",
+             ("london", "paris", "berlin", "madrid", "rome", "vienna", "moscow", "dublin")),
+    "instrument": ("{s} plays the {o} in a band .", "the instrument of {s} is the {o} .",
+                   ("piano", "guitar", "violin", "drums", "flute", "trumpet", "cello", "harp")),
+}
+SYLLABLES = ("vel", "kor", "tam", "sin", "dra", "mol", "qua", "zen", "bri", "tho", "lum", "vax",
+             "pel", "rin", "gor", "yss", "fen", "oru", "kal", "dux")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of the TOAA experiment (model, lr, batch, vocabulary come from the preset)."""
+
+    steps: int  # the full run and the control run
+    cpdt_steps: int
+    cpdt_lr_scale: float = 1.0  # CPDT peak lr = preset.pretrain_lr * this
+    cpdt_warmup: int = 10
+    cpdt_rep_scale: float = 0.5  # CPDT repetitions = full-run repetitions * this (>= 1)
+    seed: int = 0
+    null_seed: int | None = 1  # second no-insertion CPDT run (the noise row); None = skip
+    experiments: tuple[str, ...] = EXPERIMENTS
+    canary_words: int = 6
+    canaries_per_group: int = 8
+    canary_reps: tuple[int, ...] = (2, 8, 32)
+    early_reps: int = 8
+    early_fraction: float = 0.3
+    control_canaries: int = 64
+    facts: int = 24  # inserted (8 per relation)
+    control_facts: int = 24
+    fact_reps: int = 8
+    para_reps: int = 8
+    base_overrides: tuple[str, ...] = ()  # tests: replaces the preset's pretraining recipe
+
+
+SETTINGS: dict[str, Settings] = {
+    "cpu": Settings(steps=600, cpdt_steps=100),
+    "paper": Settings(steps=100_000, cpdt_steps=1000, canary_reps=(4, 16, 64, 144),
+                      early_reps=16, fact_reps=16, para_reps=16),
+}
+
+
+# ----------------------------------------------------------------------------
+# Probe sets (deterministic given the tokenizer and the seed)
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Probes:
+    """Every text the experiments insert or score."""
+
+    canaries: dict[int, list[str]]  # repetitions -> inserted canaries
+    early: list[str]
+    controls: list[str]
+    facts: list[tuple[str, str, str]]  # (subject, relation, object), inserted
+    control_facts: list[tuple[str, str, str]]
+    candidates: dict[str, list[str]]
+
+
+def _single_token_words(tok: Any) -> list[str]:
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return [w for w, _ in vocab if w.isalpha() and w.isascii() and 3 <= len(w) <= 9]
+
+
+def make_probes(tok: Any, s: Settings) -> Probes:
+    """Canaries (random whole-word tokens), fictional facts and their controls."""
+    rng = np.random.default_rng((s.seed, 20250923))
+    words = _single_token_words(tok)
+    candidates = {}
+    for rel, (_, _, pref) in RELATIONS.items():
+        ok = [w for w in pref if tok.token_to_id(w) is not None]
+        if len(ok) < 4:  # a small vocabulary (tests): other single-token words
+            extra = rng.choice([w for w in words if w not in ok], 8 - len(ok), replace=False)
+            ok = [str(w) for w in extra] + ok
+        candidates[rel] = ok
+    reserved = {w for c in candidates.values() for w in c}
+    pool = [w for w in words if w not in reserved]
+
+    def canary() -> str:
+        return " ".join(str(w) for w in rng.choice(pool, s.canary_words, replace=False))
+
+    canaries = {r: [canary() for _ in range(s.canaries_per_group)] for r in s.canary_reps}
+    early = [canary() for _ in range(s.canaries_per_group)]
+    controls = [canary() for _ in range(s.control_canaries)]
+    seen: set[str] = set()
+
+    def subject() -> str:
+        while True:
+            name = " ".join("".join(rng.choice(SYLLABLES, 2)) for _ in range(2))
+            if name not in seen:
+                seen.add(name)
+                return name
+
+    rels = list(RELATIONS)
+
+    def fact(i: int) -> tuple[str, str, str]:
+        rel = rels[i % len(rels)]
+        return subject(), rel, str(rng.choice(candidates[rel]))
+
+    facts = [fact(i) for i in range(s.facts)]
+    control_facts = [fact(i) for i in range(s.control_facts)]
+    return Probes(canaries, early, controls, facts, control_facts,
+                  {k: list(v) for k, v in candidates.items()})
+
+
+def fact_text(f: tuple[str, str, str], paraphrase: bool = False, probe: bool = False) -> str:
+    """A fact in the insertion (or paraphrase) template; ``probe``: the object left as ``{o}``."""
+    subj, rel, obj = f
+    template = RELATIONS[rel][1 if paraphrase else 0]
+    return template.replace("{s}", subj).replace("{o}", "{o}" if probe else obj)
+
+
+def experiments_for(p: Probes, s: Settings, steps: int, names: tuple[str, ...], *,
+                    scale: float = 1.0) -> list[Any]:
+    """The insertion experiments ``names`` for a run of ``steps`` steps."""
+    from tlm_jax.data.insertion import InsertionExperiment  # noqa: PLC0415
+
+    def reps(r: int) -> int:
+        return max(1, round(r * scale))
+
+    out = []
+    for name in names:
+        if name == "canaries":
+            texts = [t for r in s.canary_reps for t in p.canaries[r]]
+            rr = [reps(r) for r in s.canary_reps for _ in p.canaries[r]]
+            out.append(InsertionExperiment(name, tuple(texts), tuple(rr)))
+        elif name == "canaries_early":
+            end = max(1, round(s.early_fraction * steps))
+            out.append(InsertionExperiment(name, tuple(p.early), (reps(s.early_reps),) * len(p.early),
+                                           "random-range", 0, end))
+        elif name == "facts":
+            out.append(InsertionExperiment(name, tuple(fact_text(f) for f in p.facts),
+                                           (reps(s.fact_reps),) * len(p.facts)))
+        elif name == "facts_para":
+            out.append(InsertionExperiment(name, tuple(fact_text(f, True) for f in p.facts),
+                                           (reps(s.para_reps),) * len(p.facts)))
+        else:
+            raise ValueError(f"unknown experiment {name}")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------
+
+
+def control_spec(preset: C.Preset, s: Settings) -> C.PretrainSpec:
+    """The pretraining run without insertions (its tokenizer is everyone's)."""
+    if s.base_overrides:
+        name = "toaa-control-" + hashlib.sha256(json.dumps(s.base_overrides).encode()).hexdigest()[:8]
+        return C.PretrainSpec(name, tuple(s.base_overrides))
+    return C.pretrain_spec(preset, steps=s.steps, seed=s.seed)
+
+
+def _tag(ov: list[str]) -> str:
+    return hashlib.sha256(json.dumps(ov).encode()).hexdigest()[:6]
+
+
+def full_spec(ctrl: C.PretrainSpec, control_run: Path, file: Path, s: Settings) -> C.PretrainSpec:
+    """The control recipe with every experiment's insertions (same tokenizer, same data order)."""
+    ov = [*ctrl.overrides, f"data.tokenizer={(control_run / 'tokenizer.json').resolve()}",
+          f"interventions.file={file.resolve()}", f"interventions.seed={s.seed}"]
+    return C.PretrainSpec(f"toaa-full-r{_tag(ov)}", tuple(ov))
+
+
+def cpdt_spec(ctrl: C.PretrainSpec, control_run: Path, preset: C.Preset, s: Settings,
+              condition: str, file: Path | None, seed: int) -> C.PretrainSpec:
+    """A CPDT run: ``cpdt_steps`` of continual pretraining from the control run's weights."""
+    # The control run's data, objective and optimizer settings; the architecture and
+    # tokenizer come from the control run itself (continual.init_from).
+    keep = ("data.", "objective.", "optim.b1", "optim.b2", "optim.eps", "optim.weight_decay",
+            "optim.clip_norm")
+    data = [o for o in ctrl.overrides if o.startswith(keep) and not o.startswith("data.tokenizer")]
+    batch = next((o for o in ctrl.overrides if o.startswith("train.batch_size=")),
+                 f"train.batch_size={preset.pretrain_batch}")
+    ov = [f"continual.init_from={control_run.resolve()}", "continual.eval_old=false", *data, batch,
+          f"train.steps={s.cpdt_steps}", f"train.seed={seed}",
+          f"optim.lr={preset.pretrain_lr * s.cpdt_lr_scale}",
+          f"optim.warmup_steps={s.cpdt_warmup}", f"train.eval_every={s.cpdt_steps}",
+          "train.eval_batches=5", f"train.checkpoint_every={s.cpdt_steps}",
+          "train.keep_checkpoints=1", "train.progress=false", "train.tensorboard=false",
+          f"train.log_every={max(1, s.cpdt_steps // 4)}"]
+    if file is not None:
+        ov += [f"interventions.file={file.resolve()}", f"interventions.seed={s.seed}"]
+    safe = condition.replace("_", "-")
+    return C.PretrainSpec(f"toaa-cpdt-{safe}-r{_tag(ov)}", tuple(ov))
+
+
+def _steps_of(spec: C.PretrainSpec) -> int:
+    return int(next(o for o in spec.overrides if o.startswith("train.steps=")).split("=", 1)[1])
+
+
+# ----------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------
+
+
+def score_run(run: Path, p: Probes, root: Path) -> dict[str, Any]:
+    """Every probe's score under ``run``'s final weights (cached next to the sub-runs)."""
+    from tlm_jax.eval.interventions import load_scorer  # noqa: PLC0415
+
+    cache = root / "scores" / f"{run.name}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    sc = load_scorer(run, log=C.log)
+    canaries = [t for g in p.canaries.values() for t in g] + p.early + p.controls
+    pll = dict(zip(canaries, sc.sequence_scores(canaries).tolist(), strict=True))
+    facts: dict[str, Any] = {}
+    for key, group in (("inserted", p.facts), ("control", p.control_facts)):
+        for para in (False, True):
+            lp, correct = [0.0] * len(group), [False] * len(group)
+            for rel, cands in p.candidates.items():  # one batch per candidate set
+                idx = [i for i, f in enumerate(group) if f[1] == rel]
+                rows = sc.choice_logprobs([fact_text(group[i], para, probe=True) for i in idx],
+                                          cands)
+                for i, row in zip(idx, rows, strict=True):
+                    truth = cands.index(group[i][2])
+                    lp[i], correct[i] = float(row[truth]), bool(int(np.argmax(row)) == truth)
+            facts[f"{key}_{'para' if para else 'plain'}"] = {"logprob": lp, "correct": correct}
+    out = {"step": sc.step, "pll": pll, "facts": facts}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def outcomes(sc: dict[str, Any], p: Probes) -> dict[str, np.ndarray]:
+    """Per-item contrasts (item score - mean control score) of every experiment."""
+    from tlm_jax.eval.interventions import contrast  # noqa: PLC0415
+
+    pll = sc["pll"]
+    ctrl = np.array([pll[t] for t in p.controls])
+    ins = np.array([pll[t] for g in p.canaries.values() for t in g])
+    early = np.array([pll[t] for t in p.early])
+    f = sc["facts"]
+    return {"canaries": contrast(ins, ctrl), "canaries_early": contrast(early, ctrl),
+            "facts": contrast(f["inserted_plain"]["logprob"], f["control_plain"]["logprob"]),
+            "facts_para": contrast(f["inserted_para"]["logprob"], f["control_para"]["logprob"])}
+
+
+def canary_table(sc: dict[str, Any], p: Probes, s: Settings) -> dict[str, Any]:
+    """Exposure / AUC / contrast of each canary group."""
+    from tlm_jax.eval.interventions import auc, exposure  # noqa: PLC0415
+
+    pll = sc["pll"]
+    ctrl = np.array([pll[t] for t in p.controls])
+    groups = {f"uniform x{r}": p.canaries[r] for r in s.canary_reps}
+    if "canaries_early" in s.experiments:
+        groups[f"early x{s.early_reps}"] = p.early
+    out = {}
+    for g, texts in groups.items():
+        v = np.array([pll[t] for t in texts])
+        out[g] = {"exposure": float(exposure(v, ctrl).mean()), "auc": auc(v, ctrl),
+                  "contrast": float(v.mean() - ctrl.mean()), "pll": float(v.mean())}
+    out["controls_pll"] = float(ctrl.mean())
+    out["max_exposure"] = float(math.log2(len(ctrl) + 1))
+    return out
+
+
+def fact_table(sc: dict[str, Any]) -> dict[str, Any]:
+    """Recall (top-1 among candidates) and mean log-probability, inserted vs control facts."""
+    f = sc["facts"]
+    return {k: {"accuracy": float(np.mean(v["correct"])), "logprob": float(np.mean(v["logprob"]))}
+            for k, v in f.items()}
+
+
+# ----------------------------------------------------------------------------
+# Experiment
+# ----------------------------------------------------------------------------
+
+
+def collect(preset: C.Preset, s: Settings, root: Path) -> dict[str, Any]:
+    """Control run, full run, CPDT runs; scores of every run."""
+    from tlm_jax.data.insertion import write_experiments  # noqa: PLC0415
+    from tlm_jax.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from tlm_jax.eval.interventions import dependence_matrix  # noqa: PLC0415
+
+    ctrl = control_spec(preset, s)
+    steps = _steps_of(ctrl)
+    control = C.run_pretrain(ctrl, root, steps)
+    probes = make_probes(load_tokenizer(control / "tokenizer.json"), s)
+    specs_dir = root / "toaa_specs"
+    full_file = write_experiments(experiments_for(probes, s, steps, s.experiments),
+                                  specs_dir / f"full-{ctrl.name}.json")
+    fs = full_spec(ctrl, control, full_file, s)
+    full = C.run_pretrain(fs, root, steps)
+    runs = {"control": control, "full": full}
+    conditions: dict[str, tuple[tuple[str, ...], int]] = {"none": ((), s.seed)}
+    if s.null_seed is not None:
+        conditions["none_seed2"] = ((), s.null_seed)
+    conditions.update({e: ((e,), s.seed) for e in s.experiments})
+    conditions["joint"] = (s.experiments, s.seed)
+    for cond, (names, seed) in conditions.items():
+        file = None
+        if names:
+            file = write_experiments(
+                experiments_for(probes, s, s.cpdt_steps, names, scale=s.cpdt_rep_scale),
+                specs_dir / f"cpdt-{cond}-{ctrl.name}.json")
+        spec = cpdt_spec(ctrl, control, preset, s, cond, file, seed)
+        runs[f"cpdt:{cond}"] = C.run_pretrain(spec, root, s.cpdt_steps)
+    scores = {k: score_run(v, probes, root) for k, v in runs.items()}
+    items = {k.split(":", 1)[1]: {e: v for e, v in outcomes(sc, probes).items()
+                                  if e in s.experiments}
+             for k, sc in scores.items() if k.startswith("cpdt:")}
+    dep = dependence_matrix(items, s.experiments, baseline="none")
+    return {"runs": {k: str(v) for k, v in runs.items()}, "probes": probes, "scores": scores,
+            "dependence": dep, "control": C.pretrain_summary(control),
+            "full": C.pretrain_summary(full), "control_spec": ctrl.name, "steps": steps,
+            "insertions": json.loads((full / "insertions.json").read_text())}
+
+
+def _val_curve(run: str) -> tuple[list[int], list[float]]:
+    from tlm_jax.train.metrics import read_metrics  # noqa: PLC0415
+
+    recs = read_metrics(run, "val")
+    return [r["step"] for r in recs], [r["mlm_loss"] for r in recs]
+
+
+def render(out: dict[str, Any], preset: C.Preset, s: Settings, workdir: Path
+           ) -> tuple[str, dict[str, Any]]:
+    """``report.md`` text and ``report.json`` data, plus the plots."""
+    p = out["probes"]
+    full, ctrl = out["scores"]["full"], out["scores"]["control"]
+    ct_full, ct_ctrl = canary_table(full, p, s), canary_table(ctrl, p, s)
+    ft_full, ft_ctrl = fact_table(full), fact_table(ctrl)
+    dep = out["dependence"]
+    ins = out["insertions"]
+    n_ins = sum(e["insertions"] for e in ins["experiments"])
+    frac = n_ins / max(ins["stream_examples"], 1)
+    fv_full = (out["full"].get("final_val") or {}).get("mlm_loss")
+    fv_ctrl = (out["control"].get("final_val") or {}).get("mlm_loss")
+    md = [f"# Train Once, Answer All ({preset.name} preset)", "",
+          f"One pretraining run (`{out['control_spec']}` recipe, {out['steps']} steps) with four "
+          f"experiments' sequences written into {n_ins} of its {ins['stream_examples']:,} training "
+          f"examples ({frac:.1%}), and a control run without them (same data order, tokenizer "
+          "and seeds).", "",
+          "## Effect on training", "",
+          f"Final validation MLM loss: with insertions {fv_full:.4f}, control {fv_ctrl:.4f} "
+          f"(difference {fv_full - fv_ctrl:+.4f})." if fv_full is not None and fv_ctrl is not None
+          else "Final validation losses: n/a.", "", "![loss curves](toaa_loss.png)", "",
+          "## Each experiment's outcome (full run vs control run)", "",
+          "Canaries: mean pseudo-log-likelihood (PLL, nats/token) against "
+          f"{s.control_canaries} never-inserted control sequences; exposure "
+          f"(max {ct_full['max_exposure']:.2f} bits) and AUC (0.5 = nothing learnt).", "",
+          C.md_table(["group", "PLL − controls (full)", "exposure (full)", "AUC (full)",
+                      "PLL − controls (control run)", "exposure (control run)"],
+                     [[g, f"{ct_full[g]['contrast']:+.3f}", f"{ct_full[g]['exposure']:.2f}",
+                       f"{ct_full[g]['auc']:.2f}", f"{ct_ctrl[g]['contrast']:+.3f}",
+                       f"{ct_ctrl[g]['exposure']:.2f}"]
+                      for g in ct_full if isinstance(ct_full[g], dict)]), "",
+          f"Facts: top-1 recall of the object among {len(next(iter(p.candidates.values())))} "
+          "candidates (chance "
+          f"{100 / len(next(iter(p.candidates.values()))):.1f} %) and its mean log-probability.",
+          "",
+          C.md_table(["probe", "inserted facts (full)", "control facts (full)",
+                      "inserted facts (control run)"],
+                     [[k, f"{ft_full['inserted_' + k]['accuracy'] * 100:.1f} % / "
+                          f"{ft_full['inserted_' + k]['logprob']:.2f}",
+                       f"{ft_full['control_' + k]['accuracy'] * 100:.1f} % / "
+                       f"{ft_full['control_' + k]['logprob']:.2f}",
+                       f"{ft_ctrl['inserted_' + k]['accuracy'] * 100:.1f} % / "
+                       f"{ft_ctrl['inserted_' + k]['logprob']:.2f}"]
+                      for k in ("plain", "para")]), "",
+          "![canary exposure](toaa_canaries.png)", "",
+          "## Do the experiments interact? (CPDT)", "",
+          f"Continual runs of {s.cpdt_steps} steps from the control run's final weights "
+          f"(repetitions × {s.cpdt_rep_scale}); outcome Y = mean item score − mean control "
+          "score per experiment. Entry = D = Y under the row's insertions − Y with none "
+          f"(p-value: sign flips over items). Bonferroni threshold "
+          f"{dep['bonferroni_threshold']:.4f}; `none_seed2` is a second no-insertion run "
+          "(another data order): the noise level.", "",
+          C.md_table(["row \\ outcome", *dep["columns"]],
+                     [[r, *[f"{dep['D'][r][c]:+.3f} (p={dep['p'][r][c]:.3g})"
+                            + (" **" if [r, c] in dep["flagged"] else "")
+                            for c in dep["columns"]]] for r in dep["rows"]]), "",
+          "`**` = off-diagonal entry significant after correction.", "",
+          "![dependence matrix](toaa_dependence.png)", "", "## Findings", ""]
+    md += findings(out, ct_full, ct_ctrl, ft_full, s)
+    _plots(out, ct_full, s, workdir)
+    data = {"preset": preset.name, "settings": asdict(s), "runs": out["runs"],
+            "control": out["control"], "full": out["full"], "insertions": {
+                "examples": n_ins, "stream_examples": ins["stream_examples"], "fraction": frac},
+            "canaries": {"full": ct_full, "control": ct_ctrl},
+            "facts": {"full": ft_full, "control": ft_ctrl}, "dependence": dep,
+            "probes": asdict(p), "environment": C.environment()}
+    return "\n".join(md), data
+
+
+def findings(out: dict[str, Any], ct_full: dict[str, Any], ct_ctrl: dict[str, Any],
+             ft_full: dict[str, Any], s: Settings) -> list[str]:
+    """Plain statements of what the numbers show (computed, never hard-coded)."""
+    dep = out["dependence"]
+    lines = []
+    exps = [(r, ct_full[f"uniform x{r}"]["exposure"]) for r in s.canary_reps]
+    mono = all(b >= a for (_, a), (_, b) in zip(exps, exps[1:], strict=False))
+    lines.append("- Memorisation vs repetitions: canary exposure "
+                 + ", ".join(f"{e:.2f} bits at {r}x" for r, e in exps)
+                 + (" -- grows with the repetitions." if mono else " -- not monotone in the "
+                    "repetitions at this budget."))
+    early, same = ct_full.get(f"early x{s.early_reps}"), ct_full.get(f"uniform x{s.early_reps}")
+    if early is not None and same is not None:
+        lines.append(f"- Forgetting: canaries seen {s.early_reps}x only in the first "
+                     f"{s.early_fraction:.0%} of training end at exposure {early['exposure']:.2f} "
+                     f"vs {same['exposure']:.2f} for the same count spread over the whole run.")
+    lines.append(f"- Facts: inserted facts are recalled at {ft_full['inserted_plain']['accuracy']:.0%}"
+                 f" vs {ft_full['control_plain']['accuracy']:.0%} for never-inserted ones; with the "
+                 f"paraphrase probe {ft_full['inserted_para']['accuracy']:.0%} vs "
+                 f"{ft_full['control_para']['accuracy']:.0%}.")
+    planted = [["facts", "facts_para"], ["facts_para", "facts"]]
+    found = [pl for pl in planted if pl in dep["flagged"]]
+    other = [f for f in dep["flagged"] if f not in planted]
+    text = f"- CPDT: {len(dep['flagged'])} off-diagonal entries significant"
+    if {"facts", "facts_para"} <= set(s.experiments):
+        text += (f"; the planted facts <-> paraphrase dependency was "
+                 f"{'found' if found else 'not found'} "
+                 f"({', '.join(' -> '.join(f) for f in found) or 'neither direction'})")
+    lines.append(text + f"; {'no' if not other else len(other)} unplanted interaction"
+                 f"{'' if len(other) == 1 else 's'} flagged.")
+    noise = dep["D"].get("none_seed2", {})
+    if noise:
+        lines.append("- Noise row (second no-insertion run): |D| up to "
+                     f"{max(abs(v) for v in noise.values()):.3f}.")
+    jv = dep.get("joint_vs_alone", {})
+    if jv:
+        lines.append("- Joint run vs each experiment alone: "
+                     + ", ".join(f"{k} {v['difference']:+.3f} (p={v['p']:.2g})"
+                                 for k, v in jv.items()) + ".")
+    return lines
+
+
+def _plots(out: dict[str, Any], ct_full: dict[str, Any], s: Settings, workdir: Path) -> None:
+    plt = C.plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("control", "control (no insertions)"), ("full", "with insertions")):
+        st, lo = _val_curve(out["runs"][key])
+        ax.plot(st, lo, label=label, marker="o", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation MLM loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(workdir / "toaa_loss.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    reps = list(s.canary_reps)
+    ax.plot(reps, [ct_full[f"uniform x{r}"]["exposure"] for r in reps], marker="o",
+            label="uniform over training")
+    if f"early x{s.early_reps}" in ct_full:
+        ax.plot([s.early_reps], [ct_full[f"early x{s.early_reps}"]["exposure"]], marker="s",
+                ls="", label=f"first {s.early_fraction:.0%} only")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("repetitions")
+    ax.set_ylabel("mean exposure (bits)")
+    ax.axhline(math.log2(s.control_canaries + 1) / 2, color="grey", lw=0.8, ls=":",
+               label="median rank")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(workdir / "toaa_canaries.png", dpi=120)
+    plt.close(fig)
+
+    dep = out["dependence"]
+    mat = np.array([[dep["D"][r][c] for c in dep["columns"]] for r in dep["rows"]])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    lim = max(float(np.abs(mat).max()), 1e-6)
+    im = ax.imshow(mat, cmap="coolwarm", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(dep["columns"])), dep["columns"], rotation=30, ha="right")
+    ax.set_yticks(range(len(dep["rows"])), dep["rows"])
+    for i, r in enumerate(dep["rows"]):
+        for j, c in enumerate(dep["columns"]):
+            ax.text(j, i, f"{mat[i, j]:+.2f}", ha="center", va="center", fontsize=7,
+                    fontweight="bold" if [r, c] in dep["flagged"] else "normal")
+    ax.set_xlabel("outcome Y_i")
+    ax.set_ylabel("inserted data (condition)")
+    fig.colorbar(im, ax=ax, label="D = Y(condition) − Y(none)")
+    fig.tight_layout()
+    fig.savefig(workdir / "toaa_dependence.png", dpi=120)
+    plt.close(fig)
+
+
+def run_experiment(preset: C.Preset, s: Settings, workdir: Path, root: Path) -> dict[str, Any]:
+    """Collect, render and write the report; returns the report data."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = collect(preset, s, root)
+    md, data = render(out, preset, s, workdir)
+    C.write_report(workdir, md, data)
+    return data
+
+
+def run(args: argparse.Namespace) -> None:
+    preset = C.PRESETS[args.preset]
+    s = SETTINGS[args.preset]
+    if args.seeds:
+        s = replace(s, seed=C.parse_seeds(args.seeds, (s.seed,))[0])
+    C.enable_compile_cache(C.runs_dir(args))
+    run_experiment(preset, s, Path(args.workdir), C.runs_dir(args))
+
+
+if __name__ == "__main__":
+    C.main_wrapper(run, __doc__ or "")
