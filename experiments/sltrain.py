@@ -45,12 +45,13 @@ def collect(preset: C.Preset, root: Path, budget: S.Budget, seeds: list[int]) ->
     timing = S.step_times({k: spec for k, (spec, _) in runs.items()}, root,
                           budget.timing_steps, budget.timing_rounds)
     ft = S.finetune_runs(preset, root, runs, budget.task, seeds)
+    twin = S.twin_finetune(preset, root, runs["dense"], budget.task, seeds)
     from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
 
     return {"runs": {k: {"spec": spec.name, "overrides": list(spec.overrides),
                          "pretrain": C.pretrain_summary(wd), "curve": S.val_curve(wd)}
                      for k, (spec, wd) in runs.items()},
-            "memory": S.run_memory(sl_wd), "timing": timing, "finetune": ft,
+            "memory": S.run_memory(sl_wd), "timing": timing, "finetune": ft, "twin": twin,
             "gap": paired_gap(ft["sltrain"]["per_seed"], ft["dense"]["per_seed"]),
             "sltrain_settings": dict(o.split("=", 1) for o in sltrain_overrides(
                 S.model_hidden(sl_base)))}
@@ -76,13 +77,13 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
                      S.mib(b["other"]["total"]), S.mib(b["total"]["total"]),
                      f"{loss:.3f}" if loss is not None else "n/a",
                      f"{acc * 100:.1f}" if acc is not None else "n/a",
-                     f"{timing[k]['median_s'] * 1e3:.0f}" if k in timing else "n/a",
+                     f"{S.best_step_s(timing, k) * 1e3:.0f}" if k in timing else "n/a",
                      f"{runs[k]['pretrain'].get('seconds')}",
                      C.fmt_ci(ft[k]["accuracy"])])
     ratio = {key: mem["bytes"][key]["total"] / dmem["bytes"][key]["total"]
              for key in ("params", "opt_state", "total")}
     proj_ratio = mem["projection_parameters"] / dmem["projection_parameters"]
-    time_ratio = (timing["sltrain"]["median_s"] / timing["dense"]["median_s"]
+    time_ratio = (S.best_step_s(timing, "sltrain") / S.best_step_s(timing, "dense")
                   if timing else None)
     dl, sl_loss = final("dense"), final("sltrain")
     st = out["sltrain_settings"]
@@ -92,18 +93,19 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
           f"{st['model.sltrain_alpha']}, density {st['model.sltrain_density']}; attention "
           "q/k/v/out and MLP in/out; embeddings and MLM head dense), same data, tokenizer, "
           "batch order and learning rate. Memory is the unsharded train state from abstract "
-          "shapes (`tlm mem`); step time is the median of "
+          "shapes (`tlm mem`); step time is the fastest of "
           f"{budget.timing_rounds} rounds of {budget.timing_steps} steps, both variants in one "
-          f"process, round robin. Fine-tuning: {task}, dense for both (SLTrain densified to "
-          f"W = (α/r)BA + S), accuracy mean ± 95 % CI over seeds {seeds}; the gap is paired "
-          "by seed.", "",
+          "process, round robin (all rounds in report.json). Fine-tuning: "
+          f"{task}, dense for both (SLTrain densified to W = (α/r)BA + S), accuracy mean "
+          f"± 95 % CI over seeds {seeds}; the gap is paired by seed.", "",
           C.md_table(["pretraining", "params", "projection params", "params mem",
                       "AdamW mem", "buffers", "state total", "val MLM loss", "val MLM acc %",
-                      "step ms", "pretrain s", f"{task} acc %"], rows), "",
-          f"TF-IDF + LR on the same splits: {C.fmt_ci(ft['dense']['baseline']['accuracy'])}."
-          if ft["dense"].get("baseline") else "", "",
+                      "step ms", "pretrain wall s", f"{task} acc %"], rows), "",
+          S.machine_line(), "",
+          *S.context_lines(ft, out["twin"], task, budget.steps), "",
           "## Setup", "",
-          f"- Dense run `{runs['dense']['spec']}`: `{' '.join(runs['dense']['overrides'])}`",
+          f"- Dense run `{runs['dense']['spec']}` (later keys win): "
+          f"`{' '.join(runs['dense']['overrides'])}`",
           f"- SLTrain run: the same plus the dense run's tokenizer and "
           f"`{' '.join(k + '=' + v for k, v in st.items())}`.", "",
           "## Findings", "",
@@ -125,12 +127,7 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
           f"{C.verdict(gap)} (n = {gap.get('n')}).", "",
           "![loss, memory and accuracy](sltrain.png)"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for k in ("dense", "sltrain"):
-        curve = runs[k]["curve"]
-        axes[0].plot([s for s, _ in curve], [v for _, v in curve], marker="o", ms=3, label=k)
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("validation MLM loss")
-    axes[0].legend()
+    S.plot_curves(axes[0], {k: runs[k]["curve"] for k in ("dense", "sltrain")})
     parts = [("params", "params"), ("opt_state", "AdamW"), ("other", "buffers")]
     for i, m in enumerate((dmem, mem)):
         bottom = 0.0
@@ -140,12 +137,14 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
             bottom += val
     axes[1].set_xticks([0, 1], ["dense", "sltrain"])
     axes[1].set_ylabel("train state (MiB)")
-    axes[1].legend(fontsize=8)
-    accs = [ft[k]["accuracy"] for k in ("dense", "sltrain")]
-    axes[2].bar([0, 1], [a["mean"] * 100 for a in accs], yerr=[a["ci95"] * 100 for a in accs],
-                capsize=4, color=["C0", "C1"])
-    axes[2].set_xticks([0, 1], ["dense-pretrained", "sltrain-pretrained"])
+    axes[1].set_ylim(0, dmem["bytes"]["total"]["total"] / 2**20 * 1.3)
+    axes[1].legend(fontsize=8, ncol=3, loc="upper center")
+    accs = [ft["dense"]["accuracy"], ft["sltrain"]["accuracy"], out["twin"]["accuracy"]]
+    axes[2].bar([0, 1, 2], [a["mean"] * 100 for a in accs],
+                yerr=[a["ci95"] * 100 for a in accs], capsize=4, color=["C0", "C1", "C7"])
+    axes[2].set_xticks([0, 1, 2], ["dense-pretrained", "sltrain-pretrained", "random init"])
     axes[2].set_ylabel(f"{task} test accuracy (%)")
+    axes[2].tick_params(axis="x", labelsize=8)
     fig.suptitle(f"SLTrain vs dense ({preset.name} preset, {budget.steps} steps, "
                  f"{len(seeds)} seeds)")
     fig.tight_layout()
@@ -160,6 +159,7 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
                        "ratios": ratio | {"projection_parameters": proj_ratio}},
             "step_time_ratio": time_ratio,
             "finetune": {k: C.slim(v) for k, v in ft.items()}, "gap": gap,
+            "random_init_twin": C.slim(out["twin"]),
             "environment": C.environment()}
     return "\n".join(md), data
 

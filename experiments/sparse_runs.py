@@ -135,6 +135,12 @@ def step_times(specs: dict[str, C.PretrainSpec], root: Path, steps: int, rounds:
     return out
 
 
+def best_step_s(timing: dict[str, dict[str, Any]], name: str) -> float | None:
+    """The fastest round's seconds per step of ``name``: under load from other processes the
+    least disturbed round is the best estimate of the step's own cost."""
+    return min(timing[name]["rounds_s"]) if name in timing else None
+
+
 def run_memory(workdir: Path) -> dict[str, Any]:
     """``tlm mem``'s dense-vs-configured comparison for a run's config (one device)."""
     from tlm_jax.commands.mem import linear_comparison, memory_report  # noqa: PLC0415
@@ -152,6 +158,54 @@ def finetune_runs(preset: C.Preset, root: Path, runs: dict[str, tuple[C.Pretrain
     """Dense fine-tuning of every pretrained run on ``task`` (same seeds and splits)."""
     return {k: C.run_finetune(preset, root, f"{spec.name}__{task}", task, seeds, pretrained=wd)
             for k, (spec, wd) in runs.items()}
+
+
+def twin_finetune(preset: C.Preset, root: Path, dense: tuple[C.PretrainSpec, Path], task: str,
+                  seeds: list[int]) -> dict[str, Any]:
+    """The random-init twin of the (dense) architecture: the no-pretraining reference."""
+    spec, wd = dense
+    return C.run_finetune(preset, root, f"twin-{spec.name}__{task}", task, seeds, twin_of=wd)
+
+
+def context_lines(ft: dict[str, dict[str, Any]], twin: dict[str, Any], task: str,
+                  steps: int) -> list[str]:
+    """Markdown lines placing the fine-tuned accuracies next to random init and TF-IDF."""
+    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
+
+    dense = ft["dense"]
+    base = dense.get("baseline")
+    lines = [f"Random-init twin (no pretraining, the same dense architecture, seeds and splits): "
+             f"{C.fmt_ci(twin['accuracy'])}"
+             + (f"; TF-IDF + LR: {C.fmt_ci(base['accuracy'])}." if base else ".")]
+    gap = paired_gap(dense["per_seed"], twin["per_seed"])
+    if gap["mean"] < 0:
+        lines.append(f"At {steps} pretraining steps the dense-pretrained model fine-tunes "
+                     f"{-gap['mean'] * 100:.1f} ± {gap['ci95'] * 100:.1f} points *below* random "
+                     "init (the preset's full pretraining budget is far longer), so a sparse run "
+                     "that beats the dense one has hurt the initialisation less; it has not been "
+                     f"shown to learn more. Differences on {task} are read in that light.")
+    return lines
+
+
+def plot_curves(ax: Any, curves: dict[str, list[tuple[int, float]]]) -> None:
+    """Validation MLM loss from the first evaluation after step 0 (the initial ~9 nats would
+    flatten the differences)."""
+    for k, curve in curves.items():
+        pts = [(s, v) for s, v in curve if s > 0]
+        ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", ms=3, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation MLM loss")
+    ax.legend()
+
+
+def machine_line() -> str:
+    """Where the wall-clock numbers came from (the machine is shared with other jobs)."""
+    env = C.environment()
+    load = env.get("loadavg")
+    return (f"Machine: {env['cpu_count']} CPU cores shared with other jobs (load average "
+            f"{', '.join(f'{x:.1f}' for x in load) if load else 'n/a'} when this report was "
+            "written): wall-clock seconds are not idle-machine speeds; step-time ratios come from "
+            "round-robin timing in one process.")
 
 
 def mib(b: float) -> str:

@@ -51,7 +51,7 @@ def test_sltrain_experiment_tiny(tmp_path: Path, data_dir: Path) -> None:
     assert r["projection_parameters"] < 0.6 and r["params"] < 1 and r["opt_state"] < 1
     assert rep["finetune"]["sltrain"]["pretrained"]["densified_from"] == "sltrain"
     assert len(rep["runs"]["sltrain"]["val_curve"]) == 3  # steps 0, 2, 4
-    assert rep["gap"]["n"] == 2
+    assert rep["gap"]["n"] == 2 and rep["random_init_twin"]["pretrained"]["init"] == "random"
     assert "SLTrain keeps" in md and "| sltrain |" in md
     assert all(r["step_seconds"]["median_s"] > 0 for r in rep["runs"].values())
 
@@ -71,5 +71,5 @@ def test_spdf_experiment_tiny(tmp_path: Path, data_dir: Path) -> None:
     assert s["head"] == d["head"] and s["attention"] == d["attention"]
     assert rep["runs"]["spdf75"]["pretrain_flops"] == pytest.approx(4 * s["total"])
     assert rep["finetune"]["spdf75"]["pretrained"]["densified_from"] == "spdf"
-    assert rep["gaps"]["spdf75"]["n"] == 2
+    assert rep["gaps"]["spdf75"]["n"] == 2 and "Random-init twin" in md
     assert "| spdf75 | 75 % |" in md and rep["runs"]["dense"]["step_seconds"] is None
