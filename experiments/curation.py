@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import common as C
-from experiments.ingenious import finetune_arms, run_overrides, val_curve, variant
+from experiments.ingenious import compare, finetune_arms, run_overrides, val_curve, variant
 
 FILTERS = ("quality", "toxicity")
 
@@ -209,13 +209,31 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, missing: dict[str
           "## Findings", ""]
     for t, r in out["tasks"].items():
         parts = [f"{a} {C.fmt_ci(r['gap'][a])}" for a in arms]
-        diffs = [f"{a} − unfiltered {C.fmt_ci(d)} ({C.verdict(d)})"
+        diffs = [f"{a} − unfiltered {C.fmt_ci(d)} ({compare(d)})"
                  for a, d in r["vs_unfiltered"].items()]
         md.append(f"- {t}: gap to random init (pts) " + ", ".join(parts) + "; "
                   + "; ".join(diffs) + ".")
+    order = sorted(arms, key=lambda a: -runs[a]["kept_fraction"])  # loosest first
+    if len(order) > 2 and out["tasks"]:
+        trend = {"rises": [], "falls": [], "is not monotone": []}
+        for t, r in out["tasks"].items():
+            g = [r["gap"][a]["mean"] for a in order]
+            pairs = list(zip(g, g[1:], strict=False))
+            key = ("rises" if all(b > a for a, b in pairs) else
+                   "falls" if all(b < a for a, b in pairs) else "is not monotone")
+            trend[key].append(t)
+        kept = " → ".join(f"{100 * runs[a]['kept_fraction']:.0f} %" for a in order)
+        md.append(f"- As the filter tightens ({kept} of the articles kept) the mean gap to random "
+                  "init " + "; ".join(f"{k} on {', '.join(v)}" for k, v in trend.items() if v)
+                  + f" -- mean differences over {len(s.seeds)} seeds, most of them inside "
+                  "their confidence intervals.")
+    losses = [(a, (runs[a]["pretrain"].get("final_val") or {}).get("mlm_loss")) for a in order]
+    md.append("- Validation MLM loss on the same (unfiltered) validation articles: "
+              + ", ".join(f"{a} {v:.3f}" for a, v in losses if v is not None)
+              + " (one pretraining seed each).")
     cells = [(t, a, r["gap"][a]) for t, r in out["tasks"].items() for a in arms]
-    helps = sum(C.verdict(g) == "helps" for _, _, g in cells)
-    hurts = sum(C.verdict(g) == "hurts" for _, _, g in cells)
+    helps = sum(compare(g) == "better" for _, _, g in cells)
+    hurts = sum(compare(g) == "worse" for _, _, g in cells)
     accs = [(runs[a]["pretrain"].get("final_val") or {}).get("mlm_accuracy") for a in arms]
     accs = [100 * v for v in accs if v is not None]
     md += [f"- Pretraining beats random init (paired CI above 0) in {helps} of {len(cells)} "

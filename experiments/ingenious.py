@@ -2,7 +2,7 @@
 
     python -m experiments.ingenious --workdir DIR [--preset cpu|paper] [--runs-dir RUNS]
 
-Three pretraining runs of the preset's shallow model on the same pool of random
+Four pretraining runs of the preset's shallow model on the same pool of random
 Wikipedia articles, with the same tokenizer, batch size, learning rate and number of
 steps (the paper compares at equal steps: INGENIOUS 250K vs random subset 250K):
 
@@ -10,6 +10,9 @@ steps (the paper compares at equal steps: INGENIOUS 250K vs random subset 250K):
 * ``ingenious`` -- ``W`` warm-start steps on the pool, then a subset of 25 % of it,
   drawn from the facility-location gains of the warm model's features and redrawn
   every ``R`` steps from the same probabilities (``data.selection.method=ingenious``);
+* ``ingenious_centred`` -- the same with the mean feature subtracted before the cosine
+  kernel (``data.selection.center=true``; not in the paper: a barely trained model's
+  mean-pooled features share one dominant direction, which flattens the paper's kernel);
 * ``random``    -- the same warm start, subset size, blocks and refresh schedule with
   uniform probabilities (``data.selection.method=random``), the paper's random baseline.
 
@@ -29,7 +32,10 @@ from typing import Any
 
 from experiments import common as C
 
-ARMS = ("full", "ingenious", "random")
+ARMS = ("full", "ingenious", "ingenious_centred", "random")
+SELECTED = ARMS[1:]
+LABELS = {"full": "full data", "ingenious": "INGENIOUS", "ingenious_centred": "INGENIOUS, centred",
+          "random": "random subset", "twin": "random init"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ def run_overrides(preset: C.Preset, steps: int, eval_every: int) -> tuple[str, .
 
 
 def specs(preset: C.Preset, s: Settings, root: Path) -> dict[str, C.PretrainSpec]:
-    """The three arms; ``ingenious`` and ``random`` reuse the ``full`` run's tokenizer."""
+    """The four arms; the selection arms reuse the ``full`` run's tokenizer."""
     base = C.pretrain_spec(preset, num_docs=s.docs, steps=s.steps)
     common = run_overrides(preset, s.steps, s.eval_every)
     full = variant(base, "full", common)
@@ -93,8 +99,11 @@ def specs(preset: C.Preset, s: Settings, root: Path) -> dict[str, C.PretrainSpec
            f"data.selection.fraction={s.fraction}", f"data.selection.warm_steps={s.warm_steps}",
            f"data.selection.refresh_every={s.refresh_every}",
            f"data.selection.partitions={s.partitions}", f"data.selection.layer={s.layer}")
+    ing = (*sel, "data.selection.method=ingenious")
     return {"full": full,
-            "ingenious": variant(base, "ingenious", (*sel, "data.selection.method=ingenious")),
+            "ingenious": variant(base, "ingenious", ing),
+            "ingenious_centred": variant(base, "ingenious-centred",
+                                         (*ing, "data.selection.center=true")),
             "random": variant(base, "random", (*sel, "data.selection.method=random"))}
 
 
@@ -186,16 +195,22 @@ def collect(preset: C.Preset, root: Path, s: Settings, tasks: list[str]) -> dict
             "gap_vs_twin": {a: paired_gap(res[a]["per_seed"], res["twin"]["per_seed"])
                             for a in ARMS},
             "vs_full": {a: paired_gap(res[a]["per_seed"], res["full"]["per_seed"])
-                        for a in ("ingenious", "random")},
-            "ingenious_vs_random": paired_gap(res["ingenious"]["per_seed"],
-                                              res["random"]["per_seed"])}
+                        for a in SELECTED},
+            "vs_random": {a: paired_gap(res[a]["per_seed"], res["random"]["per_seed"])
+                          for a in ("ingenious", "ingenious_centred")}}
     return out
 
 
-def compare(diff: dict[str, Any]) -> str:
-    """``better`` / ``worse`` when the paired CI excludes 0, else ``no significant difference``."""
+def compare(diff: dict[str, Any], better: str = "better", worse: str = "worse") -> str:
+    """``better`` / ``worse`` when the paired CI excludes 0, else ``no significant difference``.
+
+    Two seeds that differ by exactly the same amount give a zero-width interval, which
+    is no evidence of anything: that case is called out instead of judged.
+    """
+    if diff.get("n", 0) > 1 and diff["ci95"] == 0:
+        return "identical difference on every seed; too few seeds to judge"
     v = C.verdict(diff)
-    return {"helps": "better", "hurts": "worse"}.get(v, v)
+    return {"helps": better, "hurts": worse}.get(v, v)
 
 
 def _final_val(run: dict[str, Any], key: str = "mlm_loss") -> float | None:
@@ -213,10 +228,14 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, missing: dict[str
         seen, ps = r["seen"], r["pretrain"]
         sel = r["selection"] or {}
         loss, acc = _final_val(r), _final_val(r, "mlm_accuracy")
-        pre_rows.append([a, f"{seen['subset_size']:,}", f"{seen['unique']:,} "
+        cos = sel.get("mean_cosine")
+        pre_rows.append([LABELS[a], f"{seen['subset_size']:,}", f"{seen['unique']:,} "
                          f"({100 * seen['unique_fraction']:.0f} %)",
                          f"{loss:.3f}" if loss is not None else "n/a",
                          f"{100 * acc:.1f}" if acc is not None else "n/a",
+                         f"{cos:.3f}" if cos is not None else "-",
+                         f"{100 * sel['small_gain_fraction']:.0f} %"
+                         if sel.get("method") == "ingenious" else "-",
                          ps.get("seconds"),
                          f"{sel.get('feature_seconds', 0) + sel.get('gain_seconds', 0):.1f}"
                          if sel else "-"])
@@ -224,46 +243,57 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, missing: dict[str
     for t, r in out["tasks"].items():
         res = r["results"]
         task_rows.append([t, *(C.fmt_ci(res[a]["accuracy"]) for a in (*ARMS, "twin")),
-                          C.fmt_ci(r["ingenious_vs_random"]), C.fmt_ci(r["vs_full"]["ingenious"]),
+                          *(C.fmt_ci(r["vs_random"][a]) for a in ("ingenious", "ingenious_centred")),
                           C.fmt_ci(res["full"]["baseline"]["accuracy"])])
     n = runs["full"]["seen"]["examples"]
     docs = runs["full"]["pretrain"].get("train_docs") or 0
     sel = runs["ingenious"]["selection"] or {}
     md = [f"# INGENIOUS subset selection ({preset.name} preset)", "",
-          "Three pretraining runs of the same shallow model on the same pool of "
+          "Four pretraining runs of the same shallow model on the same pool of "
           f"{docs:,} Wikipedia articles ({n:,} training sequences of ≤ {preset.max_len} tokens, "
-          f"the units INGENIOUS selects) with one tokenizer and {s.steps} steps each: the full pool, "
-          f"INGENIOUS subsets ({100 * s.fraction:.0f} %, redrawn every {s.refresh_every} steps "
-          f"after a {s.warm_steps}-step warm start on the full pool) and random subsets of the "
-          "same size on the same schedule. Validation MLM loss is on the same held-out "
-          "articles; fine-tuning accuracies are test-set percentages, mean ± 95 % CI over "
-          f"{len(s.seeds)} seeds (the seed also draws the split, identical across arms); "
-          "differences are paired by seed.", "",
+          f"the units INGENIOUS selects) with one tokenizer and {s.steps} steps each: the full "
+          f"pool; INGENIOUS subsets ({100 * s.fraction:.0f} %, redrawn every {s.refresh_every} "
+          f"steps after a {s.warm_steps}-step warm start on the full pool), as in the paper and "
+          "with centred features; and random subsets of the same size on the same schedule. "
+          "Validation MLM loss is on the same held-out articles; fine-tuning accuracies are "
+          f"test-set percentages, mean ± 95 % CI over {len(s.seeds)} seeds (the seed also draws "
+          "the split, identical across arms); differences are paired by seed.", "",
           "## Pretraining", "",
           C.md_table(["arm", "sequences per subset", "distinct sequences read",
-                      "final val MLM loss", "val MLM acc %", "seconds", "selection seconds"],
-                     pre_rows), "",
+                      "final val MLM loss", "val MLM acc %", "feature mean cosine",
+                      "gains < 0.01", "seconds", "selection seconds"], pre_rows), "",
           f"Selection: {sel.get('blocks', '?')} blocks of ≤ {sel.get('block_size', '?')} "
-          f"examples, {sel.get('optimizer', '?')} greedy, features = masked mean of layer "
-          f"{s.layer} (−1 = final hidden states) of the warm-start model; gain quartiles "
-          f"{[round(g, 3) for g in sel.get('gain_quartiles', [])]}; the most likely example "
-          f"is {sel.get('prob_max_over_uniform', float('nan')):.1f}× as likely as under "
-          "uniform sampling.", "",
+          f"sequences, {sel.get('optimizer', '?')} greedy, features = masked mean of layer "
+          f"{s.layer} (−1 = final hidden states) of the warm-start model. Seconds are wall "
+          "times on a shared, loaded machine (compare CPU-bound costs with care).", "",
           "## Fine-tuning", "",
-          C.md_table(["task", "full", "INGENIOUS", "random subset", "random init",
-                      "INGENIOUS − random", "INGENIOUS − full", "TF-IDF+LR"], task_rows), "",
+          C.md_table(["task", *(LABELS[a] for a in (*ARMS, "twin")), "INGENIOUS − random",
+                      "centred − random", "TF-IDF+LR"], task_rows), "",
           "## Findings", ""]
-    li, lr, lf = (_final_val(runs[a]) for a in ("ingenious", "random", "full"))
-    if None not in (li, lr, lf):
-        order = sorted(((li, "INGENIOUS"), (lr, "random subset"), (lf, "full data")))
+    vals = [(_final_val(runs[a]), LABELS[a]) for a in ARMS]
+    if all(v is not None for v, _ in vals):
         md.append(f"- Validation MLM loss after {s.steps} steps: "
-                  + ", ".join(f"{name} {v:.3f}" for v, name in order)
+                  + ", ".join(f"{name} {v:.3f}" for v, name in sorted(vals))
                   + " (lower is better; one pretraining seed per arm, so these carry no "
                   "confidence interval).")
+    for a in ("ingenious", "ingenious_centred"):
+        si = runs[a]["selection"] or {}
+        if si.get("mean_cosine") is not None:
+            flat = si["small_gain_fraction"] > 0.5
+            md.append(f"- {LABELS[a]}: the warm-start features have a mean pairwise cosine of "
+                      f"{si['mean_cosine']:.3f} and {100 * si['small_gain_fraction']:.0f} % of "
+                      "the facility-location gains are below 0.01"
+                      + ("; so apart from each block's first picks the sampling probabilities "
+                         "are uniform and the subsets are close to random ones."
+                         if flat else
+                         f"; the most likely sequence is {si['prob_max_over_uniform']:.0f}× as "
+                         "likely as under uniform sampling."))
     for t, r in out["tasks"].items():
-        d, f = r["ingenious_vs_random"], r["vs_full"]["ingenious"]
-        md.append(f"- {t}: INGENIOUS − random subset {C.fmt_ci(d)} points ({compare(d)}); "
-                  f"INGENIOUS − full data {C.fmt_ci(f)} points ({compare(f)}).")
+        parts = [f"{LABELS[a]} − random subset {C.fmt_ci(r['vs_random'][a])} "
+                 f"({compare(r['vs_random'][a])})" for a in ("ingenious", "ingenious_centred")]
+        parts += [f"INGENIOUS − full data {C.fmt_ci(r['vs_full']['ingenious'])} "
+                  f"({compare(r['vs_full']['ingenious'])})"]
+        md.append(f"- {t}: " + "; ".join(parts) + ".")
     accs = [_final_val(runs[a], "mlm_accuracy") for a in ARMS]
     accs = [100 * v for v in accs if v is not None]
     md += [f"- The runs end at a validation MLM accuracy of {min(accs, default=float('nan')):.1f}"
@@ -275,26 +305,26 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, missing: dict[str
         md.append(f"- {t}: skipped, data not available ({why}).")
     # Plot: validation curves and accuracy bars.
     tasks = list(out["tasks"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for a in ARMS:
         xs, ys = zip(*runs[a]["val_curve"], strict=True) if runs[a]["val_curve"] else ((), ())
-        axes[0].plot(xs, ys, marker="o", ms=3, label=a)
+        axes[0].plot(xs, ys, marker="o", ms=3, label=LABELS[a])
     axes[0].axvline(s.warm_steps, color="gray", ls=":", lw=1)
     for x in range(s.warm_steps + s.refresh_every, s.steps, s.refresh_every or s.steps):
         axes[0].axvline(x, color="gray", ls=":", lw=0.5)
     axes[0].set_xlabel("step (dotted: warm start end, refreshes)")
     axes[0].set_ylabel("validation MLM loss")
-    axes[0].legend()
-    width = 0.2
-    for i, a in enumerate((*ARMS, "twin")):
-        vals = [out["tasks"][t]["results"][a]["accuracy"] for t in tasks]
-        axes[1].bar([j + (i - 1.5) * width for j in range(len(tasks))],
-                    [v["mean"] * 100 for v in vals], width,
-                    yerr=[v["ci95"] * 100 for v in vals], capsize=3,
-                    label="random init" if a == "twin" else a)
+    axes[0].legend(fontsize=8)
+    bars = (*ARMS, "twin")
+    width = 0.8 / len(bars)
+    for i, a in enumerate(bars):
+        vals_a = [out["tasks"][t]["results"][a]["accuracy"] for t in tasks]
+        axes[1].bar([j + (i - (len(bars) - 1) / 2) * width for j in range(len(tasks))],
+                    [v["mean"] * 100 for v in vals_a], width,
+                    yerr=[v["ci95"] * 100 for v in vals_a], capsize=3, label=LABELS[a])
     axes[1].set_xticks(range(len(tasks)), tasks)
     axes[1].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"INGENIOUS vs random subset vs full data ({preset.name} preset, "
                  f"{len(s.seeds)} seeds, 95% CI)")
     fig.tight_layout()

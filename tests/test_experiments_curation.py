@@ -32,12 +32,14 @@ def test_specs_resolve_to_valid_configs(tmp_path: Path) -> None:
     cfgs = {a: load_config(None, list(spec.overrides)) for a, spec in arms.items()}
     assert cfgs["full"].data.selection.method == "none"
     assert cfgs["ingenious"].data.selection.method == "ingenious"
+    assert not cfgs["ingenious"].data.selection.center
+    assert cfgs["ingenious_centred"].data.selection.center
     assert cfgs["random"].data.selection.method == "random"
     assert cfgs["random"].data.tokenizer == str(arms["full"].workdir(tmp_path) / "tokenizer.json")
     for c in cfgs.values():  # the pretraining recipe is the preset's, warmup scaled to the run
         assert c.optim.lr == C.PRESETS["cpu"].pretrain_lr and c.data.num_docs == s.docs
         assert c.optim.warmup_steps == min(C.PRESETS["cpu"].warmup_steps, s.steps // 10)
-    assert len({a.name for a in arms.values()}) == 3
+    assert len({a.name for a in arms.values()}) == 4
     paper = ingenious.settings_for(C.PRESETS["paper"])
     assert paper.steps == C.PRESETS["paper"].pretrain_steps and paper.partitions == 1500
 
@@ -69,14 +71,17 @@ def test_ingenious_experiment_tiny(tmp_path: Path, data_dir: Path) -> None:
     rep = json.loads((tmp_path / "report.json").read_text())
     runs = rep["runs"]
     assert runs["full"]["selection"] is None
-    for arm in ("ingenious", "random"):
+    for arm in ingenious.SELECTED:
         sel = runs[arm]["selection"]
-        assert sel["method"] == arm and [p["start_step"] for p in sel["phases"]] == [2, 4]
+        assert sel["method"] == arm.split("_")[0] and sel["center"] == (arm == "ingenious_centred")
+        assert [p["start_step"] for p in sel["phases"]] == [2, 4]
         assert runs[arm]["seen"]["subset_size"] < runs["full"]["seen"]["examples"]
     assert runs["full"]["seen"]["reads"] == 6 * TINY.pretrain_batch
     assert len(runs["full"]["val_curve"]) == 3  # steps 0, 3, 6
-    assert rep["tasks"]["ag_news"]["ingenious_vs_random"]["n"] == 2
+    assert rep["tasks"]["ag_news"]["vs_random"]["ingenious_centred"]["n"] == 2
     assert "| ag_news |" in md and "INGENIOUS − random subset" in md
+    assert ingenious.compare({"mean": 0.01, "ci95": 0.0, "n": 2}).startswith("identical")
+    assert ingenious.compare({"mean": 0.05, "ci95": 0.01, "n": 2}) == "better"
 
 
 @pytest.mark.slow

@@ -124,6 +124,21 @@ def test_sampling_frequencies_follow_the_probabilities() -> None:
     np.testing.assert_allclose(counts / 4000, probs, atol=0.025)
 
 
+def test_centring_restores_an_informative_kernel_for_collinear_features() -> None:
+    # A dominant shared direction (as in a barely trained model's pooled states) plus detail.
+    rng = np.random.default_rng(0)
+    x = 50.0 + rng.normal(size=(400, 16))
+    assert S.mean_cosine(x) > 0.99
+    assert abs(S.mean_cosine(x - x.mean(0))) < 0.01
+    flat = S.plan_selection(x, num_examples=400, fraction=0.25, partitions=2)
+    centred = S.plan_selection(x, num_examples=400, fraction=0.25, partitions=2, center=True)
+    assert (flat.gains < 0.01).mean() > 0.9  # gains vanish after each block's first pick
+    assert (centred.gains < 0.01).mean() < 0.1
+    np.testing.assert_array_equal(flat.blocks, centred.blocks)  # same partition either way
+    assert S.mean_cosine(np.ones((1, 3))) == 1.0
+    np.testing.assert_allclose(S.mean_cosine(np.eye(3)), 0.0, atol=1e-12)
+
+
 def test_random_method_is_uniform_and_ingenious_needs_features() -> None:
     plan = S.plan_selection(None, num_examples=50, fraction=0.5, partitions=2, method="random")
     np.testing.assert_allclose(plan.probs, 1 / 25)
@@ -286,6 +301,7 @@ def test_pretrain_with_ingenious_resumes_exactly(tmp_path) -> None:
     plan = S.SelectionPlan.load(tmp_path / "ref" / "selection.npz")
     info = json.loads((tmp_path / "ref" / "selection.json").read_text())
     assert info["method"] == "ingenious" and info["examples"] == plan.num_examples
+    assert -1.0 <= info["mean_cosine"] <= 1.0 and 0.0 <= info["small_gain_fraction"] <= 1.0
     assert [p["start_step"] for p in info["phases"]] == [5, 8]
     assert (plan.gains >= 0).all() and (plan.probs > 0).all()
     assert not np.allclose(plan.probs, plan.probs[0])  # gains differ, so p is not uniform

@@ -37,6 +37,7 @@ class SelectionConfig:
     epsilon: float = 0.01  # stochastic greedy accuracy
     temperature: float = 1.0  # Taylor-softmax temperature
     layer: int = -1  # hidden layer whose masked mean is an example's feature (-1 = last)
+    center: bool = False  # subtract the mean feature before the cosine kernel (not in the paper)
 
 
 @dataclass

@@ -89,6 +89,20 @@ def normalize_rows(features: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
+def mean_cosine(features: np.ndarray) -> float:
+    """Mean pairwise cosine similarity of the rows (``i != j``), in ``O(n d)``.
+
+    Near 1, the features are (nearly) collinear: every kernel entry is ~1, facility-location
+    gains vanish after each block's first pick and the probabilities become uniform.
+    """
+    x = normalize_rows(features).astype(np.float64)
+    n = len(x)
+    if n < 2:
+        return 1.0
+    s = x.sum(axis=0)
+    return float((s @ s - (x * x).sum()) / (n * (n - 1)))
+
+
 def block_kernels(features: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """Clipped cosine kernels ``K[p, i, j] = max(0, cos(h_i, h_j))`` of each block.
 
@@ -304,12 +318,15 @@ class SelectionPlan:
 def plan_selection(features: np.ndarray | None, *, num_examples: int, fraction: float,
                    partitions: int = 0, method: str = "ingenious", optimizer: str = "stochastic",
                    epsilon: float = 0.01, temperature: float = 1.0, seed: int = 0,
-                   max_kernel_bytes: int = 256 << 20) -> SelectionPlan:
+                   center: bool = False, max_kernel_bytes: int = 256 << 20) -> SelectionPlan:
     """Partition, greedy gains and Taylor-softmax probabilities for ``num_examples`` examples.
 
     ``features`` (``[n, d]``) is needed for ``"ingenious"``; ``"random"`` uses uniform
     probabilities inside the same kind of blocks (the paper's random-subset baseline,
-    with the same block shares and refresh schedule).
+    with the same block shares and refresh schedule). ``center`` subtracts the mean
+    feature before the cosine kernel -- not in the paper; it restores an informative
+    kernel when a barely trained model's pooled features share one dominant direction
+    (see :func:`mean_cosine`).
     """
     if method not in ("ingenious", "random"):
         raise TLMError(f"unknown selection method {method!r}", "use ingenious or random")
@@ -324,6 +341,9 @@ def plan_selection(features: np.ndarray | None, *, num_examples: int, fraction: 
             raise TLMError(f"INGENIOUS needs one feature row per example ({n}), got "
                            f"{None if features is None else len(features)}",
                            "compute features for every training example")
+        if center:
+            features = np.asarray(features, np.float32)
+            features = features - features.mean(axis=0, keepdims=True)
         width = blocks.shape[1]
         per_block = max(1, width * width * 4 * 4)  # kernel + temporaries, float32
         chunk = max(1, int(max_kernel_bytes // per_block))

@@ -35,6 +35,7 @@ from tlm_jax.data.selection import (
     SelectionPlan,
     SubsetSchedule,
     make_scheduled_dataset,
+    mean_cosine,
     phase_summary,
     plan_selection,
 )
@@ -116,12 +117,16 @@ class SelectionHook:
         plan = plan_selection(features, num_examples=n, fraction=sel.fraction,
                               partitions=sel.partitions, method=sel.method,
                               optimizer=sel.optimizer, epsilon=sel.epsilon,
-                              temperature=sel.temperature, seed=self.schedule.seed)
+                              temperature=sel.temperature, seed=self.schedule.seed,
+                              center=sel.center)
         t2 = time.perf_counter()
         self.schedule.plan = plan
         if main:
             plan.save(self.path)
-            self._write_info(plan, t1 - t0, t2 - t1)
+            cos = None
+            if features is not None:
+                cos = mean_cosine(features - features.mean(0) if sel.center else features)
+            self._write_info(plan, t1 - t0, t2 - t1, cos)
         self.log(f"selection ({sel.method}): {n} examples in {plan.blocks.shape[0]} blocks, "
                  f"subsets of {int(plan.block_shares().sum())} redrawn every "
                  f"{sel.refresh_every or 'never'} steps; features {t1 - t0:.1f}s, "
@@ -130,9 +135,12 @@ class SelectionHook:
         new.set_state(it.get_state())
         return new
 
-    def _write_info(self, plan: SelectionPlan, feature_s: float, greedy_s: float) -> None:
+    def _write_info(self, plan: SelectionPlan, feature_s: float, greedy_s: float,
+                    cosine: float | None) -> None:
         g = plan.gains
         info = {"method": plan.method, "examples": plan.num_examples,
+                "center": self.sel.center, "mean_cosine": cosine,
+                "small_gain_fraction": float((g < 0.01).mean()),
                 "subset_size": int(plan.block_shares().sum()), "fraction": plan.fraction,
                 "blocks": int(plan.blocks.shape[0]), "block_size": int(plan.blocks.shape[1]),
                 "warm_steps": self.sel.warm_steps, "refresh_every": self.sel.refresh_every,
