@@ -309,6 +309,36 @@ def fact_table(sc: dict[str, Any]) -> dict[str, Any]:
             for k, v in f.items()}
 
 
+def paired_effects(full: dict[str, Any], ctrl: dict[str, Any], p: Probes, s: Settings
+                   ) -> dict[str, dict[str, float]]:
+    """Each group's items in the full run vs the same items in the control run (never inserted).
+
+    Per item: (score - mean control score) in the full run minus the same in the control
+    run, so a shift common to all sequences cancels; mean and sign-flip p-value over items.
+    """
+    from tlm_jax.eval.interventions import contrast, sign_flip_pvalue  # noqa: PLC0415
+
+    def canary(sc: dict[str, Any], texts: list[str]) -> np.ndarray:
+        return contrast([sc["pll"][t] for t in texts], [sc["pll"][t] for t in p.controls])
+
+    groups = {f"uniform x{r}": p.canaries[r] for r in s.canary_reps}
+    if "canaries_early" in s.experiments:
+        groups[f"early x{s.early_reps}"] = p.early
+    out = {}
+    for g, texts in groups.items():
+        d = canary(full, texts) - canary(ctrl, texts)
+        out[g] = {"delta": float(d.mean()), "p": sign_flip_pvalue(d),
+                  "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0}
+    for kind in ("plain", "para"):
+        def fact(sc: dict[str, Any], kind: str = kind) -> np.ndarray:
+            f = sc["facts"]
+            return contrast(f[f"inserted_{kind}"]["logprob"], f[f"control_{kind}"]["logprob"])
+        d = fact(full) - fact(ctrl)
+        out[f"facts {kind}"] = {"delta": float(d.mean()), "p": sign_flip_pvalue(d),
+                                "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0}
+    return out
+
+
 # ----------------------------------------------------------------------------
 # Experiment
 # ----------------------------------------------------------------------------
@@ -368,6 +398,8 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, workdir: Path
     full, ctrl = out["scores"]["full"], out["scores"]["control"]
     ct_full, ct_ctrl = canary_table(full, p, s), canary_table(ctrl, p, s)
     ft_full, ft_ctrl = fact_table(full), fact_table(ctrl)
+    eff = paired_effects(full, ctrl, p, s)
+    chance = float(np.mean([1.0 / len(p.candidates[f[1]]) for f in p.facts]))
     dep = out["dependence"]
     ins = out["insertions"]
     n_ins = sum(e["insertions"] for e in ins["experiments"])
@@ -387,24 +419,31 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, workdir: Path
           "Canaries: mean pseudo-log-likelihood (PLL, nats/token) against "
           f"{s.control_canaries} never-inserted control sequences; exposure "
           f"(max {ct_full['max_exposure']:.2f} bits) and AUC (0.5 = nothing learnt).", "",
+          "The effect column compares each item with itself in the control run (which never saw "
+          "it): per item (PLL − mean control PLL) in the full run minus the same in the control "
+          "run; mean and sign-flip p-value over the group's items.", "",
           C.md_table(["group", "PLL − controls (full)", "exposure (full)", "AUC (full)",
-                      "PLL − controls (control run)", "exposure (control run)"],
+                      "PLL − controls (control run)", "exposure (control run)",
+                      "effect of insertion (p)"],
                      [[g, f"{ct_full[g]['contrast']:+.3f}", f"{ct_full[g]['exposure']:.2f}",
                        f"{ct_full[g]['auc']:.2f}", f"{ct_ctrl[g]['contrast']:+.3f}",
-                       f"{ct_ctrl[g]['exposure']:.2f}"]
+                       f"{ct_ctrl[g]['exposure']:.2f}",
+                       f"{eff[g]['delta']:+.3f} (p={eff[g]['p']:.2g})"]
                       for g in ct_full if isinstance(ct_full[g], dict)]), "",
-          f"Facts: top-1 recall of the object among {len(next(iter(p.candidates.values())))} "
-          "candidates (chance "
-          f"{100 / len(next(iter(p.candidates.values()))):.1f} %) and its mean log-probability.",
+          "Facts: top-1 recall of the object among the relation's "
+          f"{sorted({len(c) for c in p.candidates.values()})} candidates (chance "
+          f"{chance * 100:.1f} %) and its mean log-probability; effect = per-fact log-probability "
+          "contrast (vs control facts) in the full run minus the control run.",
           "",
           C.md_table(["probe", "inserted facts (full)", "control facts (full)",
-                      "inserted facts (control run)"],
+                      "inserted facts (control run)", "effect of insertion (p)"],
                      [[k, f"{ft_full['inserted_' + k]['accuracy'] * 100:.1f} % / "
                           f"{ft_full['inserted_' + k]['logprob']:.2f}",
                        f"{ft_full['control_' + k]['accuracy'] * 100:.1f} % / "
                        f"{ft_full['control_' + k]['logprob']:.2f}",
                        f"{ft_ctrl['inserted_' + k]['accuracy'] * 100:.1f} % / "
-                       f"{ft_ctrl['inserted_' + k]['logprob']:.2f}"]
+                       f"{ft_ctrl['inserted_' + k]['logprob']:.2f}",
+                       f"{eff['facts ' + k]['delta']:+.3f} (p={eff['facts ' + k]['p']:.2g})"]
                       for k in ("plain", "para")]), "",
           "![canary exposure](toaa_canaries.png)", "",
           "## Do the experiments interact? (CPDT)", "",
@@ -420,19 +459,19 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, workdir: Path
                             for c in dep["columns"]]] for r in dep["rows"]]), "",
           "`**` = off-diagonal entry significant after correction.", "",
           "![dependence matrix](toaa_dependence.png)", "", "## Findings", ""]
-    md += findings(out, ct_full, ct_ctrl, ft_full, s)
-    _plots(out, ct_full, s, workdir)
+    md += findings(out, ct_full, eff, ft_full, s)
+    _plots(out, ct_full, ct_ctrl, eff, s, workdir)
     data = {"preset": preset.name, "settings": asdict(s), "runs": out["runs"],
             "control": out["control"], "full": out["full"], "insertions": {
                 "examples": n_ins, "stream_examples": ins["stream_examples"], "fraction": frac},
-            "canaries": {"full": ct_full, "control": ct_ctrl},
+            "canaries": {"full": ct_full, "control": ct_ctrl}, "effects": eff,
             "facts": {"full": ft_full, "control": ft_ctrl}, "dependence": dep,
             "probes": asdict(p), "environment": C.environment()}
     return "\n".join(md), data
 
 
-def findings(out: dict[str, Any], ct_full: dict[str, Any], ct_ctrl: dict[str, Any],
-             ft_full: dict[str, Any], s: Settings) -> list[str]:
+def findings(out: dict[str, Any], ct_full: dict[str, Any], eff: dict[str, dict[str, float]],
+             ft_full: dict[str, Any], s: Settings, alpha: float = 0.05) -> list[str]:
     """Plain statements of what the numbers show (computed, never hard-coded)."""
     dep = out["dependence"]
     lines = []
@@ -440,25 +479,37 @@ def findings(out: dict[str, Any], ct_full: dict[str, Any], ct_ctrl: dict[str, An
     mono = all(b >= a for (_, a), (_, b) in zip(exps, exps[1:], strict=False))
     lines.append("- Memorisation vs repetitions: canary exposure "
                  + ", ".join(f"{e:.2f} bits at {r}x" for r, e in exps)
-                 + (" -- grows with the repetitions." if mono else " -- not monotone in the "
-                    "repetitions at this budget."))
+                 + (" (grows with the repetitions)" if mono else " (not monotone)")
+                 + "; against the same canaries in the control run the insertion effect is "
+                 + ", ".join(f"{eff[f'uniform x{r}']['delta']:+.3f} nats/token at {r}x "
+                             f"(p={eff[f'uniform x{r}']['p']:.2g}"
+                             f"{', significant' if eff[f'uniform x{r}']['p'] < alpha else ''})"
+                             for r in s.canary_reps) + ".")
     early, same = ct_full.get(f"early x{s.early_reps}"), ct_full.get(f"uniform x{s.early_reps}")
     if early is not None and same is not None:
+        ge, gu = eff[f"early x{s.early_reps}"], eff[f"uniform x{s.early_reps}"]
         lines.append(f"- Forgetting: canaries seen {s.early_reps}x only in the first "
                      f"{s.early_fraction:.0%} of training end at exposure {early['exposure']:.2f} "
-                     f"vs {same['exposure']:.2f} for the same count spread over the whole run.")
+                     f"vs {same['exposure']:.2f} for the same count spread over the whole run; "
+                     f"insertion effects {ge['delta']:+.3f} (p={ge['p']:.2g}) vs {gu['delta']:+.3f} "
+                     f"(p={gu['p']:.2g}).")
+    fp, fq = eff["facts plain"], eff["facts para"]
     lines.append(f"- Facts: inserted facts are recalled at {ft_full['inserted_plain']['accuracy']:.0%}"
                  f" vs {ft_full['control_plain']['accuracy']:.0%} for never-inserted ones; with the "
                  f"paraphrase probe {ft_full['inserted_para']['accuracy']:.0%} vs "
-                 f"{ft_full['control_para']['accuracy']:.0%}.")
+                 f"{ft_full['control_para']['accuracy']:.0%}; insertion effect on the object's "
+                 f"log-probability {fp['delta']:+.3f} (p={fp['p']:.2g}), paraphrase probe "
+                 f"{fq['delta']:+.3f} (p={fq['p']:.2g}).")
     planted = [["facts", "facts_para"], ["facts_para", "facts"]]
     found = [pl for pl in planted if pl in dep["flagged"]]
     other = [f for f in dep["flagged"] if f not in planted]
     text = f"- CPDT: {len(dep['flagged'])} off-diagonal entries significant"
     if {"facts", "facts_para"} <= set(s.experiments):
         text += (f"; the planted facts <-> paraphrase dependency was "
-                 f"{'found' if found else 'not found'} "
-                 f"({', '.join(' -> '.join(f) for f in found) or 'neither direction'})")
+                 f"{'found' if found else 'not found'} after correction "
+                 f"({', '.join(' -> '.join(f) for f in found) or 'neither direction'}; raw "
+                 + ", ".join(f"D[{r}][{c}] = {dep['D'][r][c]:+.3f} (p={dep['p'][r][c]:.2g})"
+                             for r, c in planted) + ")")
     lines.append(text + f"; {'no' if not other else len(other)} unplanted interaction"
                  f"{'' if len(other) == 1 else 's'} flagged.")
     noise = dep["D"].get("none_seed2", {})
@@ -473,7 +524,8 @@ def findings(out: dict[str, Any], ct_full: dict[str, Any], ct_ctrl: dict[str, An
     return lines
 
 
-def _plots(out: dict[str, Any], ct_full: dict[str, Any], s: Settings, workdir: Path) -> None:
+def _plots(out: dict[str, Any], ct_full: dict[str, Any], ct_ctrl: dict[str, Any],
+           eff: dict[str, dict[str, float]], s: Settings, workdir: Path) -> None:
     plt = C.plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("control", "control (no insertions)"), ("full", "with insertions")):
@@ -487,20 +539,33 @@ def _plots(out: dict[str, Any], ct_full: dict[str, Any], s: Settings, workdir: P
     fig.savefig(workdir / "toaa_loss.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     reps = list(s.canary_reps)
-    ax.plot(reps, [ct_full[f"uniform x{r}"]["exposure"] for r in reps], marker="o",
-            label="uniform over training")
-    if f"early x{s.early_reps}" in ct_full:
-        ax.plot([s.early_reps], [ct_full[f"early x{s.early_reps}"]["exposure"]], marker="s",
-                ls="", label=f"first {s.early_fraction:.0%} only")
+    early = f"early x{s.early_reps}"
+    ax.errorbar(reps, [eff[f"uniform x{r}"]["delta"] for r in reps],
+                yerr=[eff[f"uniform x{r}"]["se"] for r in reps], marker="o", capsize=3,
+                label="inserted uniformly")
+    if early in eff:
+        ax.errorbar([s.early_reps], [eff[early]["delta"]], yerr=[eff[early]["se"]], marker="s",
+                    ls="", capsize=3, label=f"inserted in the first {s.early_fraction:.0%} only")
+    ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("repetitions")
-    ax.set_ylabel("mean exposure (bits)")
-    ax.axhline(math.log2(s.control_canaries + 1) / 2, color="grey", lw=0.8, ls=":",
-               label="median rank")
+    ax.set_ylabel("PLL gain vs the control run (nats/token)")
+    ax.set_title("insertion effect per canary (mean ± s.e. over items)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    groups = [g for g in ct_full if isinstance(ct_full[g], dict)]
+    x = np.arange(len(groups))
+    bx.bar(x - 0.2, [ct_full[g]["exposure"] for g in groups], 0.4, label="full run")
+    bx.bar(x + 0.2, [ct_ctrl[g]["exposure"] for g in groups], 0.4, label="control run")
+    c = s.control_canaries
+    unlearnt = float(np.mean([math.log2(c + 1) - math.log2(r) for r in range(1, c + 2)]))
+    bx.axhline(unlearnt, color="grey", lw=0.8, ls=":", label="expected, nothing learnt")
+    bx.set_xticks(x, groups, fontsize=8)
+    bx.set_ylabel(f"mean exposure (bits, max {math.log2(c + 1):.1f})")
+    bx.set_title("exposure against never-inserted controls", fontsize=9)
+    bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(workdir / "toaa_canaries.png", dpi=120)
     plt.close(fig)
