@@ -53,3 +53,24 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, rounds: int = 1) -
             f()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+# Dense bf16 peak (TFLOP/s, no sparsity) by device-kind substring, from the vendors' data
+# sheets. Matched in order, so the more specific names come first.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+    ("B200", 2250.0), ("A100", 312.0), ("L4", 121.0), ("A10G", 125.0),
+    ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
+    ("TPU v4", 275.0), ("TPU v3", 123.0),
+)
+
+
+def accelerator() -> dict[str, Any]:
+    """Platform and device kind of JAX's first device, with its table bf16 peak if known."""
+    import jax  # noqa: PLC0415
+
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", "") or ""
+    peak = next((p for name, p in BF16_PEAK_TFLOPS if name.lower() in kind.lower()), None)
+    return {"platform": d.platform, "device_kind": kind, "device_count": jax.device_count(),
+            "bf16_peak_tflops": peak if d.platform != "cpu" else None}

@@ -35,21 +35,21 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import interleaved, machine  # noqa: E402
+from benchmarks.common import accelerator, interleaved, machine  # noqa: E402
 
 VOCAB = 16384
 
 
 # --------------------------------------------------------------------------- ours
 def build_ours(model: str, batch: int, seq: int, dtype: str, dropout: float = 0.1,
-               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+               overrides: tuple[str, ...] = (), vocab: int = VOCAB) -> dict[str, Any]:
     from tlm_jax.config import load_config  # noqa: PLC0415
     from tlm_jax.data.pipeline import make_dataset  # noqa: PLC0415
     from tlm_jax.train.loop import _mesh_context, build_run, compile_steps, data_seed  # noqa: PLC0415
     from tlm_jax.train.state import create_state  # noqa: PLC0415
 
     cfg = load_config(None, [
-        f"model.preset={model}", f"model.vocab_size={VOCAB}", f"model.max_len={max(seq, 128)}",
+        f"model.preset={model}", f"model.vocab_size={vocab}", f"model.max_len={max(seq, 128)}",
         f"model.dtype={'bfloat16' if dtype == 'bf16' else 'float32'}",
         f"model.dropout={dropout}", f"model.attention_dropout={dropout}",
         "data.source=synthetic", "data.synthetic_docs=3000", "data.packing=pack",
@@ -80,7 +80,7 @@ def build_ours(model: str, batch: int, seq: int, dtype: str, dropout: float = 0.
     ntok = float(np.mean([(np.asarray(b["input_ids"]) != pad).sum() for b in batches]))
     return {"step": step, "compile_s": compile_s, "xla_flops": float(cost.get("flops", 0.0)),
             "cfg": cfg, "run": run, "tokens": ntok, "pred": run.objectives[0][0].max_predictions,
-            "ctx": ctx, "holder": holder}
+            "ctx": ctx, "holder": holder, "batches": batches}
 
 
 def model_flops(layers: int, hidden: int, ff: int, vocab: int, batch: int, seq: int,
@@ -107,22 +107,27 @@ def matmul_shapes(layers: int, hidden: int, heads: int, ff: int, vocab: int, bat
     ]
 
 
-def build_ceiling(shapes: list[tuple[int, int, int, int]], dtype: str, backward: bool
-                  ) -> tuple[Any, float]:
+def ceiling_args(shapes: list[tuple[int, int, int, int]], dtype: str
+                 ) -> list[tuple[Any, Any, Any]]:
+    """Random (x, w, dy) per matmul kind, already in the compute dtype (so the ceiling times
+    matmuls, not casts); shared by the forward and forward+backward ceilings."""
     cdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
     key = jax.random.key(0)
     args = []
-    flops = 0.0
     for i, (c, m, k, n) in enumerate(shapes):
         ka, kb = jax.random.split(jax.random.fold_in(key, i))
-        x = jax.random.normal(ka, (c, m, k), jnp.float32)
-        w = jax.random.normal(kb, (c, k, n), jnp.float32)
-        dy = jax.random.normal(kb, (c, m, n), jnp.float32)
-        args.append((x, w, dy))
-        flops += (6.0 if backward else 2.0) * c * m * k * n
+        args.append((jax.random.normal(ka, (c, m, k), cdt), jax.random.normal(kb, (c, k, n), cdt),
+                     jax.random.normal(kb, (c, m, n), cdt)))
+    return args
+
+
+def build_ceiling(shapes: list[tuple[int, int, int, int]], dtype: str, backward: bool,
+                  args: list[tuple[Any, Any, Any]] | None = None) -> tuple[Any, float]:
+    args = ceiling_args(shapes, dtype) if args is None else args
+    flops = sum((6.0 if backward else 2.0) * c * m * k * n for c, m, k, n in shapes)
 
     def mm(a, b, spec):
-        return jnp.einsum(spec, a.astype(cdt), b.astype(cdt), preferred_element_type=jnp.float32)
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
     def f(args):
         outs = []
@@ -139,19 +144,21 @@ def build_ceiling(shapes: list[tuple[int, int, int, int]], dtype: str, backward:
 
 # --------------------------------------------------------------------------- torch peer
 def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: int,
-                pred: int, variant: str, threads: int) -> Any:
+                pred: int, variant: str, threads: int, vocab: int = VOCAB,
+                device: str = "cpu") -> Any:
+    """One HF ``BertForMaskedLM`` AdamW step of ``variant`` on ``device`` ("cpu" or "cuda")."""
     import torch  # noqa: PLC0415
     from transformers import BertConfig, BertForMaskedLM  # noqa: PLC0415
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers,
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=ff, max_position_embeddings=512,
                      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    model = BertForMaskedLM(cfg).train()
+    model = BertForMaskedLM(cfg).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, VOCAB, (batch, seq), generator=g)
+    ids = torch.randint(5, vocab, (batch, seq), generator=g)
     att = torch.ones(batch, seq, dtype=torch.long)
     # fixed count of masked positions per sequence (same P as ours)
     pos = torch.stack([torch.randperm(seq - 2, generator=g)[:pred] + 1 for _ in range(batch)])
@@ -160,19 +167,21 @@ def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: 
     masked.scatter_(1, pos, 4)
     labels_dense = torch.full_like(ids, -100)
     labels_dense.scatter_(1, pos, labels_sparse)
+    masked, att, pos, labels_sparse, labels_dense = (
+        t.to(device) for t in (masked, att, pos, labels_sparse, labels_dense))
     autocast = variant != "f32_dense"
     sparse = variant in ("bf16_masked", "bf16_masked_compiled")
     ce = torch.nn.CrossEntropyLoss()
 
     def loss_fn(masked, att, pos, labels_sparse, labels_dense):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             if sparse:
                 h = model.bert(input_ids=masked, attention_mask=att).last_hidden_state
                 hp = torch.gather(h, 1, pos[..., None].expand(-1, -1, h.shape[-1]))
                 logits = model.cls(hp)
-                return ce(logits.float().reshape(-1, VOCAB), labels_sparse.reshape(-1))
+                return ce(logits.float().reshape(-1, vocab), labels_sparse.reshape(-1))
             logits = model(input_ids=masked, attention_mask=att).logits
-            return ce(logits.float().reshape(-1, VOCAB), labels_dense.reshape(-1))
+            return ce(logits.float().reshape(-1, vocab), labels_dense.reshape(-1))
 
     fn = loss_fn
     if variant == "bf16_masked_compiled":
@@ -183,6 +192,8 @@ def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: 
         loss = fn(masked, att, pos, labels_sparse, labels_dense)
         loss.backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
@@ -191,41 +202,55 @@ TORCH_VARIANTS = ("f32_dense", "bf16_dense", "bf16_masked", "bf16_masked_compile
 
 
 # --------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def step_arg_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The options every train-step benchmark shares: shape, precision, dropout, overrides."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="bert-6-cpu")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--dtype", choices=("bf16", "f32"), default="f32")
-    p.add_argument("--peer", choices=("torch",), default=None)
-    p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
-    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--peer-variants", default=",".join(TORCH_VARIANTS))
+    p.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary size (BERT's: 30522)")
+    p.add_argument("--steps", type=int, default=steps, help="timed steps (after warm-up)")
     p.add_argument("--set", action="append", default=[], help="extra config override k=v")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = step_arg_parser(__doc__ or "", steps=20)
+    p.add_argument("--peer", choices=("torch",), default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="accelerator peak (dense, step precision) for MFU; default: a table")
+    p.add_argument("--peer-variants", default=",".join(TORCH_VARIANTS))
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
     info = machine()
+    acc = accelerator()
+    info.update(acc)
     print(f"# {info}", flush=True)
-    ours = build_ours(a.model, a.batch, a.seq, a.dtype, a.dropout, tuple(a.set))
+    # The torch peer runs where ours runs: CUDA when JAX is on a GPU, else the CPU.
+    torch_device = "cuda" if acc["platform"] == "gpu" else "cpu"
+    ours = build_ours(a.model, a.batch, a.seq, a.dtype, a.dropout, tuple(a.set), a.vocab)
     mc = ours["cfg"].model
     pred = ours["pred"]
-    fl = model_flops(mc.layers, mc.hidden, mc.intermediate, VOCAB, a.batch, a.seq, pred)
-    shapes = matmul_shapes(mc.layers, mc.hidden, mc.heads, mc.intermediate, VOCAB, a.batch,
+    fl = model_flops(mc.layers, mc.hidden, mc.intermediate, a.vocab, a.batch, a.seq, pred)
+    shapes = matmul_shapes(mc.layers, mc.hidden, mc.heads, mc.intermediate, a.vocab, a.batch,
                            a.seq, pred)
     fns: dict[str, Any] = {"ours": ours["step"]}
     ceil_flops = {}
     for prec in ("f32", "bf16"):
+        shared = ceiling_args(shapes, prec)
         for bw in (False, True):
             name = f"ceiling_{prec}_{'fwdbwd' if bw else 'fwd'}"
-            fns[name], ceil_flops[name] = build_ceiling(shapes, prec, bw)
+            fns[name], ceil_flops[name] = build_ceiling(shapes, prec, bw, shared)
     peer_err: dict[str, str] = {}
     if a.peer == "torch":
         for v in a.peer_variants.split(","):
             try:
                 f = build_torch(mc.layers, mc.hidden, mc.heads, mc.intermediate, a.batch, a.seq,
-                                pred, v, os.cpu_count() or 1)
+                                pred, v, os.cpu_count() or 1, a.vocab, torch_device)
                 t0 = time.perf_counter()
                 f()
                 f()
@@ -255,7 +280,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     best_ceiling = max(res["ceiling_f32_fwdbwd_flops_per_s"], res["ceiling_bf16_fwdbwd_flops_per_s"])
     res["ceiling_ratio"] = res["achieved_flops_per_s"] / step_ceiling
     res["ceiling_ratio_vs_best_precision"] = res["achieved_flops_per_s"] / best_ceiling
+    peak = a.peak_tflops or (acc["bf16_peak_tflops"] if a.dtype == "bf16" else None)
+    res.update(platform=acc["platform"], device_kind=acc["device_kind"])
+    if peak:
+        # MFU: useful model FLOP/s over the chip's dense peak in the step's precision.
+        res["peak_flops_per_s"] = peak * 1e12
+        res["mfu"] = res["achieved_flops_per_s"] / res["peak_flops_per_s"]
     if a.peer == "torch":
+        res["peer_device"] = torch_device
         peers = {k[len("torch_"):]: tok / v for k, v in med.items() if k.startswith("torch_")}
         res["peer_tokens_per_s"] = peers
         res["peer_errors"] = peer_err
@@ -263,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             best = max(peers, key=peers.get)
             res["fastest_peer"] = best
             res["ratio_vs_fastest_peer"] = res["tokens_per_s"] / peers[best]
-    print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}")
+    print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}, device "
+          f"{acc['platform']} {acc['device_kind']}")
     print(f"{a.model} batch {a.batch} seq {a.seq} dtype {a.dtype} dropout {a.dropout}; "
           f"{a.steps} interleaved steps (median)")
     print(f"  ours: {t_ours * 1e3:.1f} ms/step, {res['tokens_per_s']:,.0f} tokens/s, "
@@ -276,9 +309,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {name}: {med[name] * 1e3:.1f} ms, {res[name + '_flops_per_s'] / 1e9:.1f} GFLOP/s")
     print(f"  ceiling ratio (step precision {a.dtype}, fwd+bwd): {res['ceiling_ratio']:.2f}; "
           f"vs best precision: {res['ceiling_ratio_vs_best_precision']:.2f}")
+    if "mfu" in res:
+        print(f"  MFU {res['mfu']:.3f} (model FLOP/s over the {peak:.0f} TFLOP/s dense peak); "
+              f"bf16 matmul ceiling fwd+bwd = "
+              f"{res['ceiling_bf16_fwdbwd_flops_per_s'] / res['peak_flops_per_s']:.3f} of peak")
     if a.peer == "torch":
         for k, v in res["peer_tokens_per_s"].items():
-            print(f"  torch {k}: {tok / v * 1e3:.1f} ms/step, {v:,.0f} tokens/s "
+            print(f"  torch ({torch_device}) {k}: {tok / v * 1e3:.1f} ms/step, {v:,.0f} tokens/s "
                   f"(ours/this = {res['tokens_per_s'] / v:.2f}x)")
         for k, v in peer_err.items():
             print(f"  torch {k}: FAILED ({v})")

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tlm_jax.models import precision
 from tlm_jax.models.dropout import Dropout
 
 Dtype = Any
@@ -38,12 +39,11 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 def matmul(x: jax.Array, w: jax.Array, contract: int = 1, dtype: Dtype = jnp.float32) -> jax.Array:
     """``x @ w`` contracting the last ``contract`` dims of x with the first of w.
 
-    Inputs are cast to ``dtype``; accumulation is float32; the result is ``dtype``.
+    Inputs are cast to ``dtype``; accumulation is float32; the result is ``dtype``. In
+    bf16 the backward dots stay bf16 with f32 accumulation (:mod:`tlm_jax.models.precision`).
     """
-    dims = (tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract)))
-    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (dims, ((), ())),
-                            preferred_element_type=jnp.float32)
-    return y.astype(dtype)
+    spec = precision.matmul_spec(x.ndim, w.ndim, contract)
+    return precision.einsum(spec, x, w, dtype).astype(dtype)
 
 
 class Dense(nn.Module):
@@ -164,7 +164,7 @@ class SelfAttention(nn.Module):
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = q * jnp.asarray(self.head_dim ** -0.5, self.dtype)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        scores = precision.einsum("bqhd,bkhd->bhqk", q, k, self.dtype)
         # mask: [batch, key] validity (padding); causal adds the triangle.
         allowed = mask[:, None, None, :].astype(bool)
         if self.causal:
@@ -174,7 +174,7 @@ class SelfAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         if self.dropout > 0 and not deterministic:
             probs = Dropout(self.dropout)(probs, deterministic=False)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
+        ctx = precision.einsum("bhqk,bkhd->bqhd", probs, v, self.dtype)
         ctx = nn.with_logical_constraint(ctx.astype(self.dtype), ("batch", "length", "heads", "kv"))
         return projection(self.linear, (hidden,), ("heads", "kv", "embed"), contract=2,
                           dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
@@ -223,5 +223,5 @@ class Embed(nn.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """``x @ embedding.T`` (tied output projection), f32 accumulation."""
-        return jnp.einsum("...e,ve->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        lead = "abcdfghijk"[: x.ndim - 1]
+        return precision.einsum(f"{lead}e,ve->{lead}v", x, self.embedding, self.dtype)
