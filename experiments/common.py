@@ -8,6 +8,7 @@ how to tabulate it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -306,12 +307,24 @@ def finetune_overrides(preset: Preset, task: str) -> list[str]:
     return ov
 
 
+def to_plain(cfg: Any) -> Any:
+    """A dataclass config as the JSON-plain dict ``finetune_config.json`` stores."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
 def run_finetune(preset: Preset, root: Path, name: str, task: str, seeds: Sequence[int], *,
                  pretrained: Path | None = None, twin_of: Path | None = None) -> dict[str, Any]:
     """Fine-tune (finished seeds are skipped by :func:`tlm_jax.tasks.finetune.finetune`)."""
     from tlm_jax.tasks.finetune import finetune, load_finetune_config  # noqa: PLC0415
 
+    cfg = load_finetune_config(None, finetune_overrides(preset, task), task=task)
     wd = Path(root) / "finetune" / name
+    saved = wd / "finetune_config.json"
+    if saved.is_file() and json.loads(saved.read_text()).get("config") != to_plain(cfg):
+        # Same name, other settings (e.g. split sizes): results go beside, never mixed.
+        tag = hashlib.sha256(json.dumps(to_plain(cfg), sort_keys=True).encode()).hexdigest()[:6]
+        name = f"{name}-c{tag}"
+        wd = Path(root) / "finetune" / name
     done = wd / "results.json"
     if done.is_file():
         res = json.loads(done.read_text())
@@ -319,7 +332,6 @@ def run_finetune(preset: Preset, root: Path, name: str, task: str, seeds: Sequen
             log(f"finetune {name}: finished earlier, skipped")
             return res
     log(f"finetune {name}: {task}, seeds {list(seeds)}")
-    cfg = load_finetune_config(None, finetune_overrides(preset, task), task=task)
     t0 = time.perf_counter()
     res = finetune(cfg, pretrained, wd, seeds, tokenizer_from=str(twin_of) if twin_of else None,
                    log=lambda m: log(f"  {m}"))

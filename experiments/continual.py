@@ -67,8 +67,9 @@ class Settings:
 
 
 SETTINGS: dict[str, Settings] = {
-    # ~150 steps of 32 x 128 tokens is one epoch of the 597k-token WikiText-2 pool.
-    "cpu": Settings(base_steps=600, steps=150),
+    # The base is pretrain_gap's shallow run (same recipe and steps, so a shared --runs-dir
+    # reuses it); ~150 steps of 32 x 128 tokens is one epoch of the 597k-token WikiText-2 pool.
+    "cpu": Settings(base_steps=C.PRESETS["cpu"].pretrain_steps, steps=150),
     "paper": Settings(base_steps=100_000, steps=20_000, seeds=(0, 1, 2), eval_every=250,
                       eval_batches=10),
 }
@@ -124,7 +125,7 @@ def continual_spec(preset: C.Preset, s: Settings, base: Path, recipe: str, seed:
           "train.keep_checkpoints=1", "train.progress=false", f"train.log_every={s.eval_every}",
           "train.tensorboard=false", *recipe_overrides(recipe, preset, s)]
     tag = hashlib.sha256(json.dumps(ov).encode()).hexdigest()[:6]
-    safe = recipe.replace("+", "")
+    safe = recipe.replace("+", "-")
     return C.PretrainSpec(f"continual-{safe}-s{seed}-r{tag}", tuple(ov))
 
 
@@ -134,7 +135,10 @@ def curves(run: Path) -> dict[str, dict[str, list[float]]]:
 
     out = {}
     for key, split in (("new", "val"), ("old", "val_old")):
-        recs = read_metrics(run, split)
+        # One record per step (the last): a run restarted by an older version of the
+        # metrics logger could hold its step-0 evaluation twice.
+        recs = sorted({r["step"]: r for r in read_metrics(run, split)}.values(),
+                      key=lambda r: r["step"])
         out[key] = {"step": [r["step"] for r in recs],
                     "loss": [r["mlm_loss"] for r in recs],
                     "accuracy": [r["mlm_accuracy"] for r in recs]}
@@ -206,17 +210,20 @@ def summarise(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
         pool = runs[0]["pool"]
         row["pool_tokens"] = pool.get("pool_tokens")
         row["pool_docs"] = pool.get("pool_docs")
+        row["ppl_selected_mean"] = pool.get("ppl_selected_mean")
+        row["ppl_all_median"] = pool.get("ppl_all_median")
         table[recipe] = row
     return table
 
 
 def _plot(out: dict[str, Any], workdir: Path, title: str) -> None:
     plt = C.plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     panels = (("old", "loss", "old corpus (Wikipedia) MLM loss"),
               ("new", "loss", "new corpus (WikiText-2) MLM loss"),
-              ("old", "accuracy", "old corpus MLM accuracy"))
-    for ax, (corpus, metric, label) in zip(axes, panels, strict=True):
+              ("old", "accuracy", "old corpus MLM accuracy"),
+              ("new", "accuracy", "new corpus MLM accuracy"))
+    for ax, (corpus, metric, label) in zip(axes.flat, panels, strict=True):
         for recipe, runs in out["recipes"].items():
             steps = runs[0]["curves"][corpus]["step"]
             vals = np.mean([r["curves"][corpus][metric] for r in runs], axis=0)
@@ -224,7 +231,7 @@ def _plot(out: dict[str, Any], workdir: Path, title: str) -> None:
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("continual step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(workdir / "stability_gap.png", dpi=120)
@@ -268,6 +275,13 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, workdir: Path
           f"A dip counts when a curve gets worse than its step-0 value by more than "
           f"{s.gap_tol['accuracy'] * 100:.1f} accuracy points ({s.gap_tol['loss']} nats for "
           "losses); a V when it then improves by more than that from its worst point.", "",
+          "Per seed (seeds " + ", ".join(str(x) for x in s.seeds) + "): old-loss rise / "
+          "old-accuracy dip (pts) / new-accuracy dip (pts):", "",
+          C.md_table(["recipe", *[f"seed {x}" for x in s.seeds]],
+                     [[rc, *[f"{r['gap']['old_loss']['gap']:.3f} / "
+                             f"{r['gap']['old_accuracy']['gap'] * 100:.1f} / "
+                             f"{r['gap']['new_accuracy']['gap'] * 100:.1f}" for r in runs]]
+                      for rc, runs in out["recipes"].items()]), "",
           "![curves](stability_gap.png)", "", "## Findings", ""]
     md += findings(table, s)
     _plot(out, workdir, f"Continual pretraining from a Wikipedia model onto WikiText-2 "
@@ -298,6 +312,12 @@ def findings(table: dict[str, Any], s: Settings) -> list[str]:
             f"{_fmt(b['new_accuracy']['gap'], 1, 100)} pts ({b['new_accuracy']['dip_runs']}/"
             f"{len(s.seeds)} runs) while its loss falls from "
             f"{b['new_loss']['start']['mean']:.3f} to {_fmt(b['new_loss']['final'])}.")
+    ppl = next((r for r in table.values() if r.get("ppl_selected_mean")), None)
+    if ppl:
+        lines.append(f"- The perplexity-selected pool (strategy II) has mean bigram perplexity "
+                     f"{ppl['ppl_selected_mean']:.0f} vs a median of {ppl['ppl_all_median']:.0f} "
+                     "over all new-corpus documents: the documents most like the new corpus's "
+                     "validation text.")
     for name, r in table.items():
         if name == "baseline" or not b:
             continue
@@ -306,11 +326,30 @@ def findings(table: dict[str, Any], s: Settings) -> list[str]:
         d_gap = r["old_accuracy"]["gap"]["mean"] - b["old_accuracy"]["gap"]["mean"]
         sep_old = _separated(r["old_loss"]["final"], b["old_loss"]["final"])
         sep_new = _separated(r["new_loss"]["final"], b["new_loss"]["final"])
+        d_acc = r["new_accuracy"]["final"]["mean"] - b["new_accuracy"]["final"]["mean"]
+        sep_acc = _separated(r["new_accuracy"]["final"], b["new_accuracy"]["final"])
         lines.append(
             f"- {name} vs baseline: final old-corpus loss {d_old:+.3f} "
             f"({'CIs separate' if sep_old else 'within the CIs'}), final new-corpus loss "
-            f"{d_new:+.3f} ({'CIs separate' if sep_new else 'within the CIs'}), old-accuracy dip "
-            f"{d_gap * 100:+.1f} pts.")
+            f"{d_new:+.3f} ({'CIs separate' if sep_new else 'within the CIs'}), final new-corpus "
+            f"accuracy {d_acc * 100:+.1f} pts ({'CIs separate' if sep_acc else 'within the CIs'}), "
+            f"old-accuracy dip {d_gap * 100:+.1f} pts.")
+    if b and len(table) > 1:
+        others = {k: v for k, v in table.items() if k != "baseline"}
+        better = [k for k, v in others.items()
+                  if v["new_loss"]["final"]["mean"] < b["new_loss"]["final"]["mean"]
+                  and _separated(v["new_loss"]["final"], b["new_loss"]["final"])]
+        best = min(others, key=lambda k: others[k]["new_loss"]["final"]["mean"])
+        lines.append(
+            "- Against the paper (strategies raise domain performance and remove the dip): "
+            + (f"{', '.join(better)} end with a lower new-corpus loss than the baseline beyond "
+               "the CIs" if better else "no recipe ends with a lower new-corpus loss than the "
+               f"baseline beyond the CIs (best of the others: {best}, "
+               f"{others[best]['new_loss']['final']['mean']:.3f} vs "
+               f"{b['new_loss']['final']['mean']:.3f})")
+            + "; " + "; ".join(f"{k} still dips on old-corpus accuracy in "
+                               f"{v['old_accuracy']['dip_runs']}/{len(s.seeds)} runs"
+                               for k, v in others.items() if k != "replay") + ".")
     return lines
 
 

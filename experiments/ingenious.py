@@ -324,7 +324,7 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, missing: dict[str
                     yerr=[v["ci95"] * 100 for v in vals_a], capsize=3, label=LABELS[a])
     axes[1].set_xticks(range(len(tasks)), tasks)
     axes[1].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(bars))
     fig.suptitle(f"INGENIOUS vs random subset vs full data ({preset.name} preset, "
                  f"{len(s.seeds)} seeds, 95% CI)")
     fig.tight_layout()

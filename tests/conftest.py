@@ -28,6 +28,27 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One persistent XLA cache for the whole session (and its ``tlm`` subprocesses).
+
+    Many tests compile identical programs (the same tiny model's train / eval steps); from
+    the second on they are loaded instead of compiled. ``TLM_TEST_COMPILE_CACHE=0`` turns
+    it off (to check that nothing depends on it).
+    """
+    if os.environ.get("TLM_TEST_COMPILE_CACHE", "1") == "0":
+        yield None
+        return
+    import jax  # noqa: PLC0415
+
+    path = tmp_path_factory.mktemp("jax-cache")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
+    yield path
+
+
 def cli_env(devices: int = 1) -> dict[str, str]:
     """Environment for a ``tlm`` subprocess with ``devices`` CPU devices."""
     env = dict(os.environ)

@@ -192,6 +192,14 @@ def test_early_stopping_resume_and_twin(tiny_run, tmp_path) -> None:
     msgs: list[str] = []
     again = finetune(cfg, tiny_run, tmp_path / "out", [0], log=msgs.append)
     assert any("skipped" in m for m in msgs) and again["accuracy"] == res["accuracy"]
+    # ... but never reused for another config or backbone: that would mix results.
+    other = _ft_cfg(_csv(tmp_path / "d.csv"), "optim.lr=1e-3", "train.patience=1",
+                    "train.epochs=20", "train.checkpoint=true")
+    with pytest.raises(TLMError, match="another config or backbone"):
+        finetune(other, tiny_run, tmp_path / "out", [0], log=lambda _: None)
+    with pytest.raises(TLMError, match="another config or backbone"):
+        finetune(cfg, None, tmp_path / "out", [0], tokenizer_from=str(tiny_run),
+                 log=lambda _: None)
     # The random-init twin: same architecture and parameter count, no pretrained run.
     with pytest.raises(TLMError, match="--tokenizer-from"):
         finetune(cfg, None, tmp_path / "twin", [0], log=lambda _: None)

@@ -73,14 +73,15 @@ def test_masks_have_exact_zero_counts_and_dense_tensors_are_untouched(sparsity: 
     assert not np.array_equal(m, np.asarray(spdf_mask(jax.random.PRNGKey(1), (7,), (5,), 1, 0.5)))
 
 
-def _train_state(cfg: ModelConfig, steps: int, tmp_path: Path) -> tuple:
-    """``steps`` AdamW (weight decay 0.1) MLM steps on an 8-device mesh, then a checkpoint
-    round trip; returns (initial, trained, restored) host states."""
+def _train_state(cfg: ModelConfig, steps: int, tmp_path: Path | None) -> tuple:
+    """``steps`` AdamW (weight decay 0.1) MLM steps on one device (the end-to-end test uses a
+    2x2x2 mesh), then a checkpoint round trip into ``tmp_path`` (if given); returns (initial,
+    trained, restored) host states."""
     model = build_model(cfg)
     objectives = build_objectives(ObjectiveConfig(), SPECIAL, cfg.max_len)
     tx, schedule = make_optimizer(dataclasses.replace(
         load_config().optim, lr=1e-2, warmup_steps=0, weight_decay=0.1), steps)
-    mesh = shd.make_mesh(2, 2, 2)
+    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         state, shardings = create_state(model, tx, mesh, 0, cfg.max_len)
         first = jax.device_get(state)
@@ -94,6 +95,8 @@ def _train_state(cfg: ModelConfig, steps: int, tmp_path: Path) -> tuple:
                                              shd.batch_sharding(mesh, 1))}
             state, _ = step(state, batch)
         trained = jax.device_get(state)
+        if tmp_path is None:
+            return first, trained, None
         ck = Checkpointer(tmp_path / "ckpt", every=1, keep=1, async_save=False)
         ck.save(steps, state, {}, {}, force=True)
         ck.wait()
@@ -123,24 +126,24 @@ def test_pruned_weights_stay_zero_through_adamw_and_the_mask_is_static(tmp_path:
     jax.tree.map(np.testing.assert_array_equal, restored.params, trained.params)
 
 
-def test_densifying_keeps_logits_and_a_dense_step_revives_pruned_weights(tmp_path: Path) -> None:
+def test_densifying_keeps_logits_and_a_dense_step_revives_pruned_weights() -> None:
     cfg = _cfg()
-    _, trained, _ = _train_state(cfg, 2, tmp_path)
+    _, trained, _ = _train_state(cfg, 2, None)
     dp, dstate = densify_variables(cfg, trained.params, trained.model_state)
     assert dstate == {}
     dense_cfg = dataclasses.replace(cfg, linear="dense")
     inputs = dummy_inputs(4, 16, 3)
     inputs["input_ids"] = jnp.asarray(np.random.default_rng(1).integers(5, 128, (4, 16)))
-    sparse_out, _ = apply_model(build_model(cfg), {"params": trained.params,
-                                                   **trained.model_state}, inputs)
-    dense_model = build_model(dense_cfg)
-    dense_out, _ = apply_model(dense_model, {"params": dp}, inputs)
+    sparse_model, dense_model = build_model(cfg), build_model(dense_cfg)
+    sparse_out, _ = jax.jit(lambda v: apply_model(sparse_model, v, inputs))(
+        {"params": trained.params, **trained.model_state})
+    dense_out, _ = jax.jit(lambda v: apply_model(dense_model, v, inputs))({"params": dp})
     np.testing.assert_array_equal(np.asarray(dense_out["mlm_logits"]),
                                   np.asarray(sparse_out["mlm_logits"]))
     # One dense AdamW step from a fresh optimizer (as fine-tuning starts): every weight trains.
     objective = build_objectives(ObjectiveConfig(), SPECIAL, cfg.max_len)[0][0]
     batch = {"input_ids": inputs["input_ids"], "index": jnp.arange(4, dtype=jnp.int32)}
-    mlm_inputs, targets = objective.transform(batch, jax.random.PRNGKey(0))
+    mlm_inputs, targets = jax.jit(objective.transform)(batch, jax.random.PRNGKey(0))
 
     def loss(p: dict) -> jax.Array:
         out, _ = apply_model(dense_model, {"params": p}, mlm_inputs)
@@ -148,7 +151,7 @@ def test_densifying_keeps_logits_and_a_dense_step_revives_pruned_weights(tmp_pat
         return terms.loss_sum / jnp.maximum(terms.weight_sum, 1.0)
 
     tx = optax.adamw(1e-3, weight_decay=0.01)
-    updates, _ = tx.update(jax.grad(loss)(dp), tx.init(dp), dp)
+    updates, _ = tx.update(jax.jit(jax.grad(loss))(dp), tx.init(dp), dp)
     new = optax.apply_updates(dp, updates)
     for blk, name in PROJECTIONS:
         mask = trained.model_state["sparse"]["layer_0"][blk][name]["mask"]

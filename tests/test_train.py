@@ -145,3 +145,20 @@ def test_cli_error_is_one_line(tmp_path) -> None:
     assert out.strip().count("\n") == 0 and out.startswith("error: unknown config key")
     assert "Traceback" not in out
     assert Path(tmp_path).exists()
+
+
+def test_metrics_log_is_cut_back_to_the_resume_step(tmp_path) -> None:
+    from tlm_jax.train.metrics import MetricsLogger, read_metrics
+
+    m = MetricsLogger(tmp_path, tensorboard=False)
+    m.log(0, {"loss": 1.0}, "val")
+    m.log(5, {"loss": 0.5})
+    m.log(10, {"loss": 0.4}, "val")
+    m.close()
+    # Resumed from the step-5 checkpoint: step 5's records stay, later ones go.
+    MetricsLogger(tmp_path, resume_step=5, tensorboard=False).close()
+    assert [r["step"] for r in read_metrics(tmp_path, None)] == [0, 5]
+    # Restarted from scratch (killed before its first checkpoint): step 0 is evaluated
+    # again, so nothing of the killed attempt may stay.
+    MetricsLogger(tmp_path, resume_step=0, tensorboard=False).close()
+    assert read_metrics(tmp_path, None) == []

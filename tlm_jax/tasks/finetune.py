@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -852,6 +853,15 @@ def _split_seed(tc: TaskConfig, seed: int) -> int:
     return seed if tc.split_seed < 0 else tc.split_seed
 
 
+def _fingerprint(cfg: FinetuneConfig, backbone: Backbone) -> str:
+    """What a finished seed's result depends on: the config, the initialisation, the
+    tokenizer and the architecture (not paths, so a moved run still resumes)."""
+    key = {"config": dataclasses.asdict(cfg), "init": backbone.info["init"],
+           "tokenizer_hash": backbone.info["tokenizer_hash"], "model": backbone.info["model"],
+           "max_len": backbone.info["max_len"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def finetune(cfg: FinetuneConfig, pretrained: str | os.PathLike | None, workdir: str | os.PathLike,
              seeds: Sequence[int] = (0,), *, tokenizer_from: str | None = None,
              overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -867,8 +877,18 @@ def finetune(cfg: FinetuneConfig, pretrained: str | os.PathLike | None, workdir:
     t0 = time.perf_counter()
     backbone = resolve_backbone(pretrained, tokenizer_from=tokenizer_from, cfg=cfg,
                                 overrides=overrides)
-    _write_json(workdir / "finetune_config.json",
-                {"config": dataclasses.asdict(cfg), "pretrained": backbone.info, "seeds": seeds})
+    fingerprint = _fingerprint(cfg, backbone)
+    prev = workdir / "finetune_config.json"
+    if prev.is_file():
+        old = json.loads(prev.read_text()).get("fingerprint")
+        finished = [s for s in seeds if (workdir / f"seed_{s}" / "results.json").is_file()]
+        if old is not None and old != fingerprint and finished:
+            raise TLMError(
+                f"{workdir} holds fine-tuning results (seeds {finished}) of another config or "
+                "backbone; reusing them would mix results",
+                "pass a new output directory, or delete this one to start over")
+    _write_json(prev, {"config": dataclasses.asdict(cfg), "pretrained": backbone.info,
+                       "seeds": seeds, "fingerprint": fingerprint})
     pre_vars = None
     per_seed: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []

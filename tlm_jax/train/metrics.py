@@ -43,7 +43,11 @@ class MetricsLogger:
         kept = []
         for line in self.path.read_text().splitlines():
             try:
-                if int(json.loads(line).get("step", 0)) <= resume_step:
+                # A run restarted from scratch re-evaluates step 0: keep nothing of the
+                # killed attempt (else step 0 appears twice). A resumed run does not
+                # re-evaluate its checkpoint's step, so that step's records stay.
+                step = int(json.loads(line).get("step", 0))
+                if step < resume_step or (step == resume_step and resume_step > 0):
                     kept.append(line)
             except (ValueError, AttributeError):
                 continue  # a line cut by a crash
