@@ -5,7 +5,11 @@
 #
 #   bash benchmarks/gpu.sh OUT_DIR        (one *.log and one *.json per configuration)
 #
-# Each configuration has its own time limit so one slow compile cannot take the others down.
+# Each stage has its own time limit so one slow compile cannot take the others down; the
+# whole script fits a 10-minute call (about 5 minutes on an H200, compiles included).
+# Needs the package's dependencies beside a CUDA jax + torch + transformers; on an image that
+# lacks them (the lent H200's had no grain, array_record, portpicker, omegaconf, tensorboardX,
+# zstandard, importlib_resources), install those wheels first.
 set -uo pipefail
 out=${1:-benchmarks/out}
 mkdir -p "$out"
@@ -22,5 +26,7 @@ bench() {
   tail -n 1 "$out/$name.log" | grep '^{' > "$out/$name.json" || rm -f "$out/$name.json"
 }
 
-bench base_b256_l128_peer "${LIMIT_PEER:-370}" --batch 256 --seq 128 --steps 20 --warmup 3 --peer torch
-bench base_b256_l128_nodropout "${LIMIT_NODROP:-150}" --batch 256 --seq 128 --steps 20 --warmup 3 --dropout 0
+bench base_b256_l128_peer "${LIMIT_PEER:-330}" --batch 256 --seq 128 --steps 20 --warmup 3 --peer torch
+# Where the step's time goes (mask / forward / backward / optimizer).
+timeout "${LIMIT_BREAKDOWN:-170}" "$py" -m benchmarks.step_breakdown --model base --vocab 30522 \
+  --batch 256 --seq 128 --dtype bf16 --steps 10 2>&1 | tee "$out/base_b256_l128_breakdown.log"
