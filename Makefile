@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 WORKDIR ?= runs/quickstart
+# Test processes (pytest-xdist): CI has 2 cores; 2 workers cut the suite from ~13 to ~10 min.
+TEST_WORKERS ?= 2
 
 .PHONY: quickstart test lint setup clean-venv
 
@@ -23,7 +25,7 @@ quickstart: $(STAMP)
 	$(BIN)/tlm pretrain --config $$cfg --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -n $(TEST_WORKERS) tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
