@@ -4,11 +4,11 @@ A forward dot of bf16 inputs with ``preferred_element_type=float32`` is what XLA
 (f32 accumulation). Its default transpose, however, receives a float32 cotangent and
 contracts it with the saved bf16 operand: a mixed f32 x bf16 dot, which XLA upcasts to an
 f32 matmul. Measured on an H200 (benchmarks/step_breakdown.py, BERT-base shape, batch
-256 x 128, bf16): forward 27 ms, backward 78 ms -- the backward matmuls ran at f32/TF32
-rates, not bf16. :func:`einsum` keeps both backward dots (d-input and d-weight) in the
-compute dtype with f32 accumulation, as torch autocast and the usual mixed-precision
-recipes do, and returns each cotangent in its operand's own dtype (f32 master weights get
-f32 gradients).
+256 x 128, bf16): forward 27 ms, backward 78 ms, where bf16 backward matmuls would take
+about twice the forward -- consistent with f32/TF32 backward matmuls. :func:`einsum` keeps
+both backward dots (d-input and d-weight) in the compute dtype with f32 accumulation, as
+torch autocast and the usual mixed-precision recipes do, and returns each cotangent in its
+operand's own dtype (f32 master weights get f32 gradients).
 
 In float32 it is plain :func:`jax.numpy.einsum` (no custom VJP), so f32 runs are unchanged.
 """
