@@ -236,3 +236,17 @@ def test_cli_generic_csv_end_to_end(tiny_run, tmp_path) -> None:
     seed0 = json.loads((out / "seed_0" / "results.json").read_text())
     assert seed0["seed"] == 0 and len(seed0["confusion_matrix"]) == 2
     assert (out / "seed_1" / "test_logits.npy").is_file()
+
+
+def test_fingerprint_follows_the_pretrained_checkpoint_step(tmp_path) -> None:
+    """A run trained further since its fine-tune is another backbone (its seeds are not reused)."""
+    from tlm_jax.tasks.finetune import Backbone, _fingerprint
+
+    (tmp_path / "checkpoints" / "100").mkdir(parents=True)
+    info = {"init": "pretrained", "tokenizer_hash": "abc", "model": {"hidden": 8}, "max_len": 16}
+    bb = Backbone(None, None, None, 16, tmp_path, "run", info)
+    cfg = _ft_cfg(_csv(tmp_path / "d.csv"))
+    before = _fingerprint(cfg, bb)
+    assert _fingerprint(cfg, bb) == before
+    (tmp_path / "checkpoints" / "200").mkdir()
+    assert _fingerprint(cfg, bb) != before

@@ -854,11 +854,16 @@ def _split_seed(tc: TaskConfig, seed: int) -> int:
 
 
 def _fingerprint(cfg: FinetuneConfig, backbone: Backbone) -> str:
-    """What a finished seed's result depends on: the config, the initialisation, the
-    tokenizer and the architecture (not paths, so a moved run still resumes)."""
+    """What a finished seed's result depends on: the config, the initialisation (and the
+    pretrained run's newest checkpoint step), the tokenizer and the architecture -- not
+    paths, so a moved run still resumes."""
     key = {"config": dataclasses.asdict(cfg), "init": backbone.info["init"],
            "tokenizer_hash": backbone.info["tokenizer_hash"], "model": backbone.info["model"],
            "max_len": backbone.info["max_len"]}
+    ckpts = backbone.run_dir / "checkpoints" if backbone.run_dir is not None else None
+    if ckpts is not None and ckpts.is_dir():
+        key["checkpoint_step"] = max((int(p.name) for p in ckpts.iterdir() if p.name.isdigit()),
+                                     default=None)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
