@@ -417,6 +417,26 @@ def write_report(workdir: Path, markdown: str, data: dict[str, Any]) -> None:
     log(f"wrote {workdir / 'report.md'} and report.json")
 
 
+def write_experiment(workdir: str | Path, collect: Callable[[], Any],
+                     render: Callable[[Any, Path], tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Collect an experiment's runs, render its report (plots into ``workdir``) and write
+    ``report.md`` / ``report.json``; returns the report data."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    md, data = render(collect(), workdir)
+    write_report(workdir, md, data)
+    return data
+
+
+def seeds_and_tasks(args: argparse.Namespace, s: Any) -> tuple[Any, list[str], dict[str, str]]:
+    """``s`` (settings with ``seeds`` and ``tasks``) with ``--seeds`` applied, the ``--tasks``
+    (default ``s.tasks``) whose data are available, and why the others are missing."""
+    if args.seeds:
+        s = dataclasses.replace(s, seeds=tuple(parse_seeds(args.seeds, s.seeds)))
+    tasks, missing = available_tasks(args.tasks.split(",") if args.tasks else list(s.tasks))
+    return s, tasks, missing
+
+
 def plt():
     """matplotlib.pyplot on the Agg backend."""
     import matplotlib  # noqa: PLC0415

@@ -359,11 +359,8 @@ def _separated(a: dict[str, float], b: dict[str, float]) -> bool:
 
 def run_experiment(preset: C.Preset, s: Settings, workdir: Path, root: Path) -> dict[str, Any]:
     """Collect, render and write the report; returns the report data."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(preset, s, root)
-    md, data = render(out, preset, s, workdir)
-    C.write_report(workdir, md, data)
-    return data
+    return C.write_experiment(workdir, lambda: collect(preset, s, root),
+                              lambda out, wd: render(out, preset, s, wd))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -294,15 +294,9 @@ def run(args: argparse.Namespace) -> None:
     preset = C.PRESETS[args.preset]
     thr = tuple(float(x) for x in args.thresholds.split(",")) if args.thresholds else None
     s = settings_for(preset, args.filter, thr)
-    if args.seeds:
-        s = dataclasses.replace(s, seeds=tuple(C.parse_seeds(args.seeds, s.seeds)))
-    wanted = args.tasks.split(",") if args.tasks else list(s.tasks)
-    tasks, missing = C.available_tasks(wanted)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(preset, C.runs_dir(args), s, tasks)
-    md, data = render(out, preset, s, missing, workdir)
-    C.write_report(workdir, md, data)
+    s, tasks, missing = C.seeds_and_tasks(args, s)
+    C.write_experiment(args.workdir, lambda: collect(preset, C.runs_dir(args), s, tasks),
+                       lambda out, wd: render(out, preset, s, missing, wd))
 
 
 if __name__ == "__main__":

@@ -343,15 +343,9 @@ def render(out: dict[str, Any], preset: C.Preset, s: Settings, missing: dict[str
 def run(args: argparse.Namespace) -> None:
     preset = C.PRESETS[args.preset]
     s = settings_for(preset)
-    if args.seeds:
-        s = dataclasses.replace(s, seeds=tuple(C.parse_seeds(args.seeds, s.seeds)))
-    wanted = args.tasks.split(",") if args.tasks else list(s.tasks)
-    tasks, missing = C.available_tasks(wanted)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(preset, C.runs_dir(args), s, tasks)
-    md, data = render(out, preset, s, missing, workdir)
-    C.write_report(workdir, md, data)
+    s, tasks, missing = C.seeds_and_tasks(args, s)
+    C.write_experiment(args.workdir, lambda: collect(preset, C.runs_dir(args), s, tasks),
+                       lambda out, wd: render(out, preset, s, missing, wd))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ densified), paired by seed. See /work/shared/methods/sltrain.md for the method.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +164,7 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
 
 
 def run(args: argparse.Namespace) -> None:
-    preset = C.PRESETS[args.preset]
-    budget = S.budget_for(preset)
-    if args.tasks:
-        budget = dataclasses.replace(budget, task=args.tasks.split(",")[0])
-    seeds = C.parse_seeds(args.seeds, budget.seeds)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(preset, C.runs_dir(args), budget, seeds)
-    md, data = render(out, preset, budget, seeds, workdir)
-    C.write_report(workdir, md, data)
+    S.run_experiment(args, collect, render)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ splits (:mod:`tlm_jax.tasks.finetune` densifies SLTrain / SPDF weights when it l
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,3 +214,17 @@ def machine_line() -> str:
 def mib(b: float) -> str:
     """Bytes as ``"1.23 MiB"`` (``"12.3 KiB"`` below one MiB)."""
     return f"{b / 2**20:.2f} MiB" if b >= 2**20 else f"{b / 2**10:.1f} KiB"
+
+
+def run_experiment(args: argparse.Namespace, collect: Callable[..., Any],
+                   render: Callable[..., tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The SLTrain / SPDF ``run``: the preset's budget (``--tasks``: its first task), the
+    seeds, then ``collect(preset, runs, budget, seeds)`` and ``render(out, preset, budget,
+    seeds, workdir)`` into ``--workdir``."""
+    preset = C.PRESETS[args.preset]
+    budget = budget_for(preset)
+    if args.tasks:
+        budget = dataclasses.replace(budget, task=args.tasks.split(",")[0])
+    seeds = C.parse_seeds(args.seeds, budget.seeds)
+    return C.write_experiment(args.workdir, lambda: collect(preset, C.runs_dir(args), budget, seeds),
+                              lambda out, wd: render(out, preset, budget, seeds, wd))

@@ -16,7 +16,6 @@ with the per-seed paired gap to the dense-pretrained model. See
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -166,16 +165,7 @@ def render(out: dict[str, Any], preset: C.Preset, budget: S.Budget, seeds: list[
 
 
 def run(args: argparse.Namespace) -> None:
-    preset = C.PRESETS[args.preset]
-    budget = S.budget_for(preset)
-    if args.tasks:
-        budget = dataclasses.replace(budget, task=args.tasks.split(",")[0])
-    seeds = C.parse_seeds(args.seeds, budget.seeds)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(preset, C.runs_dir(args), budget, seeds)
-    md, data = render(out, preset, budget, seeds, workdir)
-    C.write_report(workdir, md, data)
+    S.run_experiment(args, collect, render)
 
 
 if __name__ == "__main__":

@@ -591,11 +591,8 @@ def _plots(out: dict[str, Any], ct_full: dict[str, Any], ct_ctrl: dict[str, Any]
 
 def run_experiment(preset: C.Preset, s: Settings, workdir: Path, root: Path) -> dict[str, Any]:
     """Collect, render and write the report; returns the report data."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(preset, s, root)
-    md, data = render(out, preset, s, workdir)
-    C.write_report(workdir, md, data)
-    return data
+    return C.write_experiment(workdir, lambda: collect(preset, s, root),
+                              lambda out, wd: render(out, preset, s, wd))
 
 
 def run(args: argparse.Namespace) -> None:
