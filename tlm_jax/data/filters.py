@@ -98,6 +98,23 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def load_lexicon(lexicon: Iterable[str] | None, lexicon_file: str | None,
+                 default: Iterable[str]) -> frozenset[str]:
+    """Lowercase word forms: ``lexicon_file`` (one per line, ``#`` starts a comment) if given,
+    else ``lexicon``, else ``default``; an empty result is refused."""
+    if lexicon_file:
+        from pathlib import Path  # noqa: PLC0415
+
+        path = Path(lexicon_file).expanduser()
+        if not path.is_file():
+            raise TLMError(f"lexicon file {path} not found", "pass an existing word list")
+        lexicon = [ln.split("#", 1)[0].strip().lower() for ln in path.read_text().splitlines()]
+    words = frozenset(w for w in (lexicon or default) if w)
+    if not words:
+        raise TLMError("the lexicon is empty", "give at least one word")
+    return words
+
+
 class LexiconToxicity:
     """Fraction of a document's words that are in a lexicon (default :data:`TOXICITY_LEXICON`).
 
@@ -108,16 +125,7 @@ class LexiconToxicity:
 
     def __init__(self, lexicon: Iterable[str] | None = None, lexicon_file: str | None = None
                  ) -> None:
-        if lexicon_file:
-            from pathlib import Path  # noqa: PLC0415
-
-            path = Path(lexicon_file).expanduser()
-            if not path.is_file():
-                raise TLMError(f"lexicon file {path} not found", "pass an existing word list")
-            lexicon = [ln.split("#", 1)[0].strip().lower() for ln in path.read_text().splitlines()]
-        self.lexicon = frozenset(w for w in (lexicon or TOXICITY_LEXICON) if w)
-        if not self.lexicon:
-            raise TLMError("the toxicity lexicon is empty", "give at least one word")
+        self.lexicon = load_lexicon(lexicon, lexicon_file, TOXICITY_LEXICON)
 
     def score(self, docs: Sequence[Doc]) -> np.ndarray:
         out = np.zeros(len(docs), np.float64)

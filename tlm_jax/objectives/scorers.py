@@ -26,9 +26,9 @@ import hashlib
 import importlib
 import re
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, Protocol
 
+from tlm_jax.data.filters import load_lexicon
 from tlm_jax.errors import TLMError
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -79,14 +79,7 @@ class LexiconScorer:
 
     def __init__(self, lexicon: Iterable[str] | None = None, lexicon_file: str | None = None
                  ) -> None:
-        if lexicon_file:
-            path = Path(lexicon_file).expanduser()
-            if not path.is_file():
-                raise TLMError(f"lexicon file {path} not found", "pass an existing word list")
-            lexicon = [ln.split("#", 1)[0].strip().lower() for ln in path.read_text().splitlines()]
-        self.lexicon = frozenset(w for w in (lexicon or DEFAULT_LEXICON) if w)
-        if not self.lexicon:
-            raise TLMError("the lexicon is empty", "give at least one word")
+        self.lexicon = load_lexicon(lexicon, lexicon_file, DEFAULT_LEXICON)
 
     def hits(self, text: str) -> list[str]:
         """The lexicon words found in ``text``, in order."""
