@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # Must happen before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -55,3 +56,73 @@ def cli_env(devices: int = 1) -> dict[str, str]:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def tiny_experiment_preset(steps: int, docs: int) -> Any:
+    """The ``cpu`` experiment preset shrunk for tests: a hidden-32 one-layer model, ``steps``
+    pretraining steps of batch 8 on ``docs`` Wikipedia articles, one fine-tuning epoch on 8
+    AG News texts per class."""
+    import dataclasses  # noqa: PLC0415
+
+    from experiments import common as C  # noqa: PLC0415
+
+    return dataclasses.replace(
+        C.PRESETS["cpu"], name="tiny", pretrain_steps=steps, pretrain_batch=8, warmup_steps=1,
+        vocab_size=1000, max_len=32, gap_docs=docs,
+        shallow_model=("model.preset=tiny", "model.layers=1", "model.hidden=32",
+                       "model.heads=2", "model.intermediate=64"),
+        tasks={"ag_news": {"train_per_class": 8, "test_per_class": 8}},
+        finetune=("optim.lr=1e-3", "train.batch_size=8", "train.epochs=1", "train.patience=0",
+                  "task.val_fraction=0.25", "task.max_len=32", "train.eval_batch_size=32",
+                  "head.pooling=mean"))
+
+
+def train_random_mlm(cfg: Any, special: Any, steps: int, *, weight_decay: float = 0.1,
+                     mesh_shape: tuple[int, int, int] = (1, 1, 1),
+                     checkpoint_dir: Path | None = None) -> tuple[Any, Any, Any]:
+    """``steps`` AdamW (lr 1e-2, no warmup) MLM steps of model config ``cfg`` on random ids
+    (8 rows), sharded over a ``mesh_shape`` mesh; returns the (initial, trained, restored) host
+    states, ``restored`` from an Orbax round trip into ``checkpoint_dir`` (None: skipped)."""
+    import dataclasses  # noqa: PLC0415
+
+    import flax.linen as nn  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from tlm_jax import sharding as shd  # noqa: PLC0415
+    from tlm_jax.config import ObjectiveConfig, load_config  # noqa: PLC0415
+    from tlm_jax.models import build_model  # noqa: PLC0415
+    from tlm_jax.objectives import build_objectives  # noqa: PLC0415
+    from tlm_jax.train.checkpoint import Checkpointer  # noqa: PLC0415
+    from tlm_jax.train.optimizer import make_optimizer  # noqa: PLC0415
+    from tlm_jax.train.state import create_state, state_shardings  # noqa: PLC0415
+    from tlm_jax.train.step import make_train_step  # noqa: PLC0415
+
+    model = build_model(cfg)
+    objectives = build_objectives(ObjectiveConfig(), special, cfg.max_len)
+    tx, schedule = make_optimizer(dataclasses.replace(
+        load_config().optim, lr=1e-2, warmup_steps=0, weight_decay=weight_decay), steps)
+    mesh = shd.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        state, shardings = create_state(model, tx, mesh, 0, cfg.max_len)
+        first = jax.device_get(state)
+        step = jax.jit(make_train_step(model, objectives, tx, schedule),
+                       in_shardings=(shardings, None), out_shardings=(shardings, None))
+        rng = np.random.default_rng(0)
+        for _ in range(steps):
+            batch = {"input_ids": rng.integers(5, 128, (8, cfg.max_len)).astype(np.int32),
+                     "index": np.arange(8, dtype=np.int32)}
+            batch = {k: jax.device_put(v, shd.batch_sharding(mesh, v.ndim))
+                     for k, v in batch.items()}
+            state, metrics = step(state, batch)
+            assert np.isfinite(float(metrics["loss"]))
+        trained = jax.device_get(state)
+        if checkpoint_dir is None:
+            return first, trained, None
+        ck = Checkpointer(checkpoint_dir, every=1, keep=1, async_save=False)
+        ck.save(steps, state, {}, {}, force=True)
+        ck.wait()
+        abstract, _ = state_shardings(model, tx, mesh, cfg.max_len)
+        restored = jax.device_get(ck.restore(abstract, shardings)[1])
+        ck.close()
+    return first, trained, restored

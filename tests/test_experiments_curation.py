@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_experiment_preset
 
 from experiments import common as C
 from experiments import curation, ingenious
@@ -14,15 +14,7 @@ from tlm_jax.config import load_config
 
 # A hidden-32 one-layer model, a few steps on 240 Wikipedia articles, one fine-tuning epoch
 # on 8 AG News texts per class.
-TINY = dataclasses.replace(
-    C.PRESETS["cpu"], name="tiny", pretrain_steps=6, pretrain_batch=8, warmup_steps=1,
-    vocab_size=1000, max_len=32, gap_docs=240,
-    shallow_model=("model.preset=tiny", "model.layers=1", "model.hidden=32", "model.heads=2",
-                   "model.intermediate=64"),
-    tasks={"ag_news": {"train_per_class": 8, "test_per_class": 8}},
-    finetune=("optim.lr=1e-3", "train.batch_size=8", "train.epochs=1", "train.patience=0",
-              "task.val_fraction=0.25", "task.max_len=32", "train.eval_batch_size=32",
-              "head.pooling=mean"))
+TINY = tiny_experiment_preset(steps=6, docs=240)
 
 
 def test_specs_resolve_to_valid_configs(tmp_path: Path) -> None:

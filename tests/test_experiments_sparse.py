@@ -7,21 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_experiment_preset
 
 from experiments import common as C
 from experiments import sparse_runs as S
 
 # A tiny preset: a hidden-32 one-layer model, 4 pretraining steps on 200 Wikipedia articles,
 # one fine-tuning epoch on 8 AG News texts per class.
-TINY = dataclasses.replace(
-    C.PRESETS["cpu"], name="tiny", pretrain_steps=4, pretrain_batch=8, warmup_steps=1,
-    vocab_size=1000, max_len=32, gap_docs=200,
-    shallow_model=("model.preset=tiny", "model.layers=1", "model.hidden=32", "model.heads=2",
-                   "model.intermediate=64"),
-    tasks={"ag_news": {"train_per_class": 8, "test_per_class": 8}},
-    finetune=("optim.lr=1e-3", "train.batch_size=8", "train.epochs=1", "train.patience=0",
-              "task.val_fraction=0.25", "task.max_len=32", "train.eval_batch_size=32",
-              "head.pooling=mean"))
+TINY = tiny_experiment_preset(steps=4, docs=200)
 BUDGET = S.Budget(steps=4, seeds=(0, 1), eval_every=2, timing_steps=2, timing_rounds=1)
 
 

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_random_mlm
 
 from tlm_jax import sharding as shd
-from tlm_jax.config import ModelConfig, ObjectiveConfig, load_config
+from tlm_jax.config import ModelConfig, load_config
 from tlm_jax.data.tokenizer import SpecialTokens
 from tlm_jax.errors import TLMError
 from tlm_jax.models import build_model, dummy_inputs, init_variables
@@ -27,10 +28,7 @@ from tlm_jax.models.sparse import (
     sltrain_param_count,
     sltrain_support,
 )
-from tlm_jax.objectives import build_objectives
-from tlm_jax.train.optimizer import make_optimizer
 from tlm_jax.train.state import create_state
-from tlm_jax.train.step import make_train_step
 
 SPECIAL = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4, vocab_size=128)
 RANK, ALPHA, DENSITY = 4, 2.0, 0.05
@@ -163,34 +161,10 @@ def test_gradients_match_the_dense_reference(groups: int) -> None:
     np.testing.assert_allclose(float(fd), analytic, rtol=2e-2)
 
 
-def _train(cfg: ModelConfig, mesh_shape: tuple[int, int, int], steps: int, weight_decay: float
-           ) -> tuple[dict, dict]:
-    """``steps`` AdamW MLM steps of ``cfg`` on random ids; (initial, final) host states."""
-    model = build_model(cfg)
-    objectives = build_objectives(ObjectiveConfig(), SPECIAL, cfg.max_len)
-    tx, schedule = make_optimizer(dataclasses.replace(
-        load_config().optim, lr=1e-2, warmup_steps=0, weight_decay=weight_decay), steps)
-    mesh = shd.make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-        state, shardings = create_state(model, tx, mesh, 0, cfg.max_len)
-        first = jax.device_get(state)
-        step = jax.jit(make_train_step(model, objectives, tx, schedule),
-                       in_shardings=(shardings, None), out_shardings=(shardings, None))
-        rng = np.random.default_rng(0)
-        for _ in range(steps):
-            batch = {"input_ids": rng.integers(5, 128, (8, cfg.max_len)).astype(np.int32),
-                     "index": np.arange(8, dtype=np.int32)}
-            batch = {k: jax.device_put(v, shd.batch_sharding(mesh, v.ndim))
-                     for k, v in batch.items()}
-            state, metrics = step(state, batch)
-            assert np.isfinite(float(metrics["loss"]))
-        return first, jax.device_get(state)
-
-
 def test_index_is_read_only_in_training_and_the_update_stays_rank_r() -> None:
     cfg = _cfg(layers=1)
     # One device here; the end-to-end test trains on a 2x2x2 mesh.
-    first, last = _train(cfg, (1, 1, 1), steps=3, weight_decay=0.1)
+    first, last, _ = train_random_mlm(cfg, SPECIAL, 3)
     jax.tree.map(np.testing.assert_array_equal, last.model_state["sparse"],
                  first.model_state["sparse"])
     assert last.model_state["sparse"]["layer_0"]["mlp"]["wi"]["index"].dtype == np.int32

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import train_random_mlm
 
 from tlm_jax import sharding as shd
 from tlm_jax.config import ModelConfig, ObjectiveConfig, load_config
@@ -21,9 +22,7 @@ from tlm_jax.models.flops import pretrain_flops
 from tlm_jax.models.sparse import densify_variables, spdf_mask
 from tlm_jax.objectives import build_objectives
 from tlm_jax.train.checkpoint import Checkpointer
-from tlm_jax.train.optimizer import make_optimizer
-from tlm_jax.train.state import create_state, state_shardings
-from tlm_jax.train.step import make_train_step
+from tlm_jax.train.state import state_shardings
 
 SPECIAL = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4, vocab_size=128)
 PROJECTIONS = (("attention", "qkv"), ("attention", "out"), ("mlp", "wi"), ("mlp", "wo"))
@@ -73,42 +72,10 @@ def test_masks_have_exact_zero_counts_and_dense_tensors_are_untouched(sparsity: 
     assert not np.array_equal(m, np.asarray(spdf_mask(jax.random.PRNGKey(1), (7,), (5,), 1, 0.5)))
 
 
-def _train_state(cfg: ModelConfig, steps: int, tmp_path: Path | None) -> tuple:
-    """``steps`` AdamW (weight decay 0.1) MLM steps on one device (the end-to-end test uses a
-    2x2x2 mesh), then a checkpoint round trip into ``tmp_path`` (if given); returns (initial,
-    trained, restored) host states."""
-    model = build_model(cfg)
-    objectives = build_objectives(ObjectiveConfig(), SPECIAL, cfg.max_len)
-    tx, schedule = make_optimizer(dataclasses.replace(
-        load_config().optim, lr=1e-2, warmup_steps=0, weight_decay=0.1), steps)
-    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-        state, shardings = create_state(model, tx, mesh, 0, cfg.max_len)
-        first = jax.device_get(state)
-        step = jax.jit(make_train_step(model, objectives, tx, schedule),
-                       in_shardings=(shardings, None), out_shardings=(shardings, None))
-        rng = np.random.default_rng(0)
-        for _ in range(steps):
-            ids = rng.integers(5, 128, (8, cfg.max_len)).astype(np.int32)
-            batch = {"input_ids": jax.device_put(ids, shd.batch_sharding(mesh)),
-                     "index": jax.device_put(np.arange(8, dtype=np.int32),
-                                             shd.batch_sharding(mesh, 1))}
-            state, _ = step(state, batch)
-        trained = jax.device_get(state)
-        if tmp_path is None:
-            return first, trained, None
-        ck = Checkpointer(tmp_path / "ckpt", every=1, keep=1, async_save=False)
-        ck.save(steps, state, {}, {}, force=True)
-        ck.wait()
-        abstract, _ = state_shardings(model, tx, mesh, cfg.max_len)
-        restored = jax.device_get(ck.restore(abstract, shardings)[1])
-        ck.close()
-    return first, trained, restored
-
-
 def test_pruned_weights_stay_zero_through_adamw_and_the_mask_is_static(tmp_path: Path) -> None:
     cfg = _cfg()
-    first, trained, restored = _train_state(cfg, 4, tmp_path)
+    first, trained, restored = train_random_mlm(cfg, SPECIAL, 4,
+                                                checkpoint_dir=tmp_path / "ckpt")
     for blk, name in PROJECTIONS:
         mask = first.model_state["sparse"]["layer_0"][blk][name]["mask"]
         k0 = first.params["layer_0"][blk][name]["kernel"]
@@ -128,7 +95,7 @@ def test_pruned_weights_stay_zero_through_adamw_and_the_mask_is_static(tmp_path:
 
 def test_densifying_keeps_logits_and_a_dense_step_revives_pruned_weights() -> None:
     cfg = _cfg()
-    _, trained, _ = _train_state(cfg, 2, None)
+    _, trained, _ = train_random_mlm(cfg, SPECIAL, 2)
     dp, dstate = densify_variables(cfg, trained.params, trained.model_state)
     assert dstate == {}
     dense_cfg = dataclasses.replace(cfg, linear="dense")
