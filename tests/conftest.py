@@ -126,3 +126,24 @@ def train_random_mlm(cfg: Any, special: Any, steps: int, *, weight_decay: float 
         restored = jax.device_get(ck.restore(abstract, shardings)[1])
         ck.close()
     return first, trained, restored
+
+
+def jaxpr_dots(fn: Any, *args: Any) -> list:
+    """Every dot_general of ``fn``'s jaxpr (custom-VJP bodies included)."""
+    import jax  # noqa: PLC0415
+
+    out = []
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "dot_general":
+                out.append(e)
+            for p in e.params.values():
+                for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        walk(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return out

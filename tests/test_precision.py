@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import jaxpr_dots
 
 from tlm_jax.models import precision
 
@@ -25,33 +26,14 @@ def _operands(xs: tuple, ws: tuple) -> tuple[jax.Array, jax.Array]:
             jax.random.normal(kw, ws, jnp.float32))
 
 
-def _grad_dots(spec: str, x: jax.Array, w: jax.Array, plain: bool = False) -> list:
+def _gradjaxpr_dots(spec: str, x: jax.Array, w: jax.Array, plain: bool = False) -> list:
     """The dot_generals of d(sum(y^2))/d(x, w), y = our einsum (or plain jnp.einsum)."""
     def loss(x, w):
         y = (jnp.einsum(spec, x, w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
              if plain else precision.einsum(spec, x, w, jnp.bfloat16))
         return jnp.sum(y ** 2)
 
-    return _dots(jax.grad(loss, argnums=(0, 1)), x, w)
-
-
-def _dots(fn, *args) -> list:
-    """Every dot_general of ``fn``'s jaxpr (custom-VJP bodies included)."""
-    out = []
-
-    def walk(jaxpr):
-        for e in jaxpr.eqns:
-            if e.primitive.name == "dot_general":
-                out.append(e)
-            for p in e.params.values():
-                for sub in (p if isinstance(p, (list, tuple)) else [p]):
-                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                        walk(sub.jaxpr)
-                    elif isinstance(sub, jax.extend.core.Jaxpr):
-                        walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return out
+    return jaxpr_dots(jax.grad(loss, argnums=(0, 1)), x, w)
 
 
 @pytest.mark.parametrize("spec,xs,ws", SPECS + BATCHED)
@@ -82,20 +64,20 @@ def test_bf16_gradients_match_f32_and_keep_operand_dtypes(spec, xs, ws) -> None:
 def test_every_backward_dot_is_bf16_with_f32_accumulation(spec, xs, ws) -> None:
     """The point of the module: no f32 x bf16 dot (which XLA runs as an f32 matmul)."""
     x, w = _operands(xs, ws)
-    dots = _grad_dots(spec, x, w)
+    dots = _gradjaxpr_dots(spec, x, w)
     assert len(dots) == 3  # forward, d-input, d-weight
     for e in dots:
         assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16, jnp.bfloat16], e
         assert e.params["preferred_element_type"] == jnp.float32
     # Plain jnp.einsum with f32 accumulation (the old path) has mixed backward dots.
-    plain = _grad_dots(spec, x, w, plain=True)
+    plain = _gradjaxpr_dots(spec, x, w, plain=True)
     assert any(jnp.float32 in [v.aval.dtype for v in e.invars] for e in plain)
 
 
 @pytest.mark.parametrize("spec,xs,ws", BATCHED)
 def test_batched_contractions_keep_jaxs_transpose(spec, xs, ws) -> None:
     x, w = _operands(xs, ws)
-    got, plain = _grad_dots(spec, x, w), _grad_dots(spec, x, w, plain=True)
+    got, plain = _gradjaxpr_dots(spec, x, w), _gradjaxpr_dots(spec, x, w, plain=True)
     assert [[v.aval.dtype for v in e.invars] for e in got] == \
         [[v.aval.dtype for v in e.invars] for e in plain]
 

@@ -63,13 +63,18 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     return keep.reshape(shape)
 
 
+def keep_probability(rate: float) -> float:
+    """The realised keep probability of :func:`keep_mask` at ``rate``."""
+    return 1.0 - drop_threshold(rate) / _ONE
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     """Inverted dropout of ``x`` with :func:`keep_mask` (no-op for ``rate == 0``)."""
     if rate <= 0.0:
         return x
     if rate >= 1.0:
         return jnp.zeros_like(x)
-    keep_prob = 1.0 - drop_threshold(rate) / _ONE
+    keep_prob = keep_probability(rate)
     mask = keep_mask(key, x.shape, rate)
     return jnp.where(mask, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 

@@ -128,11 +128,14 @@ def cross_entropy_terms(logits: jax.Array, labels: jax.Array, weights: jax.Array
                         prefix: str) -> LossTerms:
     """Weighted softmax cross-entropy and accuracy sums in float32."""
     logits = logits.astype(jnp.float32)
-    logz = jax.nn.logsumexp(logits, axis=-1)
+    top = jax.lax.stop_gradient(logits.max(-1))
+    logz = top + jnp.log(jnp.exp(logits - top[..., None]).sum(-1))
     gold = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
     nll = logz - gold
     w = weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    # "The gold logit is the largest" shares the logsumexp's max; an argmax over the
+    # vocabulary is a second pass that cost ~2 % of a CPU MLM step. A tie counts as correct.
+    correct = (gold >= top).astype(jnp.float32)
     return LossTerms((nll * w).sum(), w.sum(),
                      {f"{prefix}_loss": (nll * w).sum(), f"{prefix}_accuracy": (correct * w).sum()})
 

@@ -1,0 +1,86 @@
+"""The hand-written attention backward against JAX's own differentiation of the same math."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import jaxpr_dots
+
+from tlm_jax.models.attention import attention
+
+B, S, H, D = 2, 7, 3, 8
+
+
+def _reference(qkv, allowed, keep, keep_prob):
+    """Plain float32 attention, differentiated by JAX."""
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * D ** -0.5
+    p = jax.nn.softmax(jnp.where(allowed, s, jnp.finfo(jnp.float32).min), axis=-1)
+    if keep is not None:
+        p = jnp.where(keep, p / keep_prob, 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def _inputs(causal: bool, dropout: bool):
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+    qkv = jax.random.normal(k1, (B, S, 3, H, D), jnp.float32)
+    valid = jnp.arange(S)[None, :] < jnp.array([[S], [S - 3]])  # second row padded
+    allowed = valid[:, None, None, :]
+    if causal:
+        allowed = allowed & jnp.tril(jnp.ones((S, S), bool))[None, None]
+    keep = jax.random.bernoulli(k2, 0.8, (B, H, S, S)) if dropout else None
+    g = jax.random.normal(k3, (B, S, H, D), jnp.float32)
+    return qkv, allowed, keep, g, k4
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_f32_output_and_gradient_match_autodiff(causal: bool, dropout: bool) -> None:
+    qkv, allowed, keep, g, _ = _inputs(causal, dropout)
+    ours = lambda x: attention(x, allowed, keep=keep, keep_prob=0.8)  # noqa: E731
+    ref = lambda x: _reference(x, allowed, keep, 0.8)  # noqa: E731
+    y, vjp = jax.vjp(ours, qkv)
+    y_ref, vjp_ref = jax.vjp(ref, qkv)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    (dq,), (dq_ref,) = vjp(g), vjp_ref(g)
+    assert dq.dtype == jnp.float32
+    np.testing.assert_allclose(dq, dq_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_keys_get_no_gradient_and_do_not_leak() -> None:
+    qkv, allowed, _, g, _ = _inputs(False, False)
+    (dq,) = jax.vjp(lambda x: attention(x, allowed), qkv)[1](g)
+    # Keys/values of the padded positions of example 1 receive exactly zero gradient ...
+    assert float(jnp.abs(dq[1, S - 3:, 1:]).max()) == 0.0
+    # ... and changing them changes no output.
+    moved = qkv.at[1, S - 3:].add(5.0)
+    np.testing.assert_allclose(attention(moved, allowed)[:, : S - 3],
+                               attention(qkv, allowed)[:, : S - 3], rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_backward_dots_are_bf16_and_close_to_f32() -> None:
+    qkv, allowed, keep, g, _ = _inputs(True, True)
+    xb = qkv.astype(jnp.bfloat16)
+
+    def loss(x):
+        return jnp.sum(attention(x, allowed, keep=keep, keep_prob=0.8, dtype=jnp.bfloat16)
+                       .astype(jnp.float32) * g)
+
+    dots = jaxpr_dots(jax.grad(loss), xb)
+    assert len(dots) == 6  # 2 forward + 4 backward
+    for e in dots:
+        assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16, jnp.bfloat16], e
+        assert e.params["preferred_element_type"] == jnp.float32
+    dq = jax.grad(loss)(xb)
+    assert dq.dtype == jnp.bfloat16
+    ref = jax.grad(lambda x: jnp.sum(_reference(x, allowed, keep, 0.8) * g))(
+        xb.astype(jnp.float32))
+    rel = float(jnp.linalg.norm(dq.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+    assert rel < 0.02, rel
+
+
+def test_rejects_an_unfused_tensor() -> None:
+    with pytest.raises(ValueError, match="qkv must be"):
+        attention(jnp.zeros((B, S, H, D)), jnp.ones((B, 1, 1, S), bool))
