@@ -1,0 +1,117 @@
+"""Where a train step's time goes, per XLA operation (CPU).
+
+    python -m benchmarks.op_profile --model bert-6-cpu --batch 32 --seq 128 --dtype bf16 \
+        [--steps 3] [--top 30]
+
+Traces a few steps of the real jitted step with the JAX profiler (XLA:CPU's per-thunk
+TraceMe events turned on through ``XLA_FLAGS``), then prints the time per operation kind
+(``ynn_fusion`` = YNNPACK matmuls and reductions, ``*_fusion`` = XLA loop fusions, ...) and
+the most expensive single operations with the model code they came from (HLO op_name).
+Durations are per step; thunks can run concurrently on the CPU's threads, so the sum can
+exceed the step's wall time. This is how the bias-gradient reduce-window, the QKV slice
+transposes and the argmax over the vocabulary were found (tlm_jax/models/attention.py,
+layers.Dense, objectives.base.cross_entropy_terms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+_FLAG = "--xla_cpu_enable_xprof_traceme=true"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):  # must precede JAX's backend start
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+
+import jax  # noqa: E402
+
+from benchmarks.common import machine  # noqa: E402
+from benchmarks.train_step import build_ours  # noqa: E402
+
+_RUNTIME = {"ThunkExecutor::Execute", "ThunkExecutor::Execute (wait for completion)",
+            "SlinkyThreadPool::Await"}
+
+
+def op_times(trace_dir: str, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each XLA operation in a perfetto trace under ``trace_dir``."""
+    path = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"), recursive=True)
+    if not path:
+        raise FileNotFoundError(f"no perfetto trace under {trace_dir}")
+    with gzip.open(path[0]) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    total: collections.Counter = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and not name.startswith("$") and name not in _RUNTIME:
+            total[name] += e["dur"] / 1e3 / steps
+    return dict(total)
+
+
+def op_names(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (result shape, model op_name) from compiled HLO text."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"^\s+%([\w.\-]+) = (\S+) ", line)
+        if m:
+            on = re.search(r'op_name="([^"]*)"', line)
+            out[m.group(1)] = (m.group(2), re.sub(r"layer_\d+", "layer_N", on.group(1))
+                               if on else "")
+    return out
+
+
+def kind(op: str) -> str:
+    """``ynn_fusion.148`` -> ``ynn_fusion``."""
+    return re.sub(r"\.\d+$", "", op)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="bert-6-cpu")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--dtype", default="bf16", choices=["f32", "bf16"])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=30)
+    a = p.parse_args(argv)
+    ours = build_ours(a.model, a.batch, a.seq, a.dtype)
+    step = ours["step"]
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    wall = (time.perf_counter() - t0) / a.steps * 1e3
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            for _ in range(a.steps):
+                step()
+        times = op_times(d, a.steps)
+    names = op_names(ours["compiled"].as_text())
+    kinds: collections.Counter = collections.Counter()
+    for op, ms in times.items():
+        if op in names:
+            kinds[kind(op)] += ms
+    info = machine()
+    print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}; {a.model} batch "
+          f"{a.batch} seq {a.seq} {a.dtype}: {wall:.1f} ms/step untraced; per-op sum "
+          f"{sum(kinds.values()):.1f} ms/step (ops overlap on the threads)")
+    print("\nby kind (ms/step):")
+    for k, ms in kinds.most_common(a.top):
+        print(f"  {ms:8.2f}  {k}")
+    print("\nlargest operations (ms/step, result, model op):")
+    top = sorted(((ms, op) for op, ms in times.items() if op in names), reverse=True)
+    for ms, op in top[: a.top]:
+        shape, opname = names[op]
+        print(f"  {ms:7.2f}  {op:30s} {shape[:34]:34s} {opname[-80:]}")
+    return dict(kinds)
+
+
+if __name__ == "__main__":
+    main()
