@@ -1,7 +1,7 @@
 """Where a train step's time goes, per XLA operation (CPU).
 
     python -m benchmarks.op_profile --model bert-6-cpu --batch 32 --seq 128 --dtype bf16 \
-        [--steps 3] [--top 30]
+        [--steps 3] [--top 30] [--set optim.grad_accum=4]
 
 Traces a few steps of the real jitted step with the JAX profiler (XLA:CPU's per-thunk
 TraceMe events turned on through ``XLA_FLAGS``), then prints the time per operation kind
@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--dtype", default="bf16", choices=["f32", "bf16"])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--set", action="append", default=[], help="extra config override k=v")
     a = p.parse_args(argv)
-    ours = build_ours(a.model, a.batch, a.seq, a.dtype)
+    ours = build_ours(a.model, a.batch, a.seq, a.dtype, overrides=tuple(a.set))
     step = ours["step"]
     for _ in range(3):
         step()

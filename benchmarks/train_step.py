@@ -1,7 +1,12 @@
 """Train-step benchmark: our jitted MLM step vs a same-process matmul ceiling and torch.
 
     python -m benchmarks.train_step --model bert-6-cpu --batch 32 --seq 128 \
-        [--dtype bf16|f32] [--peer torch] [--json]
+        [--dtype bf16|f32] [--grad-accum 4] [--peer torch] [--json]
+
+``--grad-accum N`` runs the batch as N microbatches with one optimizer update (the same
+gradient: ``optim.grad_accum``); on a CPU whose DRAM is slow, microbatches of ~1k tokens keep
+a layer's activations in the last-level cache. The torch peer then adds a
+``bf16_masked_accumN`` variant, so "the fastest torch" is also given the same option.
 
 Model FLOPs per step (multiply-add = 2 FLOPs, backward = 2x forward):
 
@@ -96,42 +101,45 @@ def model_flops(layers: int, hidden: int, ff: int, vocab: int, batch: int, seq: 
 
 # --------------------------------------------------------------------------- ceiling
 def matmul_shapes(layers: int, hidden: int, heads: int, ff: int, vocab: int, batch: int,
-                  seq: int, pred: int) -> list[tuple[int, int, int, int, bool]]:
-    """(count, M, K, N, batched) per matmul kind of the step's forward.
+                  seq: int, pred: int) -> list[tuple[int, int, int, int, int]]:
+    """(count, M, K, N, rows) per matmul kind of the step's forward.
 
-    ``batched``: the count is one batched dot of small matmuls (attention: batch x heads x
-    layers); otherwise it is ``count`` separate matmuls (one per layer).
+    ``rows`` = 0: the count is one batched dot of small matmuls (attention: layers x batch x
+    heads). Otherwise ``count`` separate matmuls (one per layer) whose [M, K] input is an
+    activation ``[rows, M / rows, K]`` (batch x length), as in the model.
     """
     t, d = batch * seq, hidden // heads
     return [
-        (layers, t, hidden, 3 * hidden, False), (layers, t, hidden, hidden, False),
-        (layers, t, hidden, ff, False), (layers, t, ff, hidden, False),
-        (layers * batch * heads, seq, d, seq, True), (layers * batch * heads, seq, seq, d, True),
-        (1, batch * pred, hidden, hidden, False), (1, batch * pred, hidden, vocab, False),
+        (layers, t, hidden, 3 * hidden, batch), (layers, t, hidden, hidden, batch),
+        (layers, t, hidden, ff, batch), (layers, t, ff, hidden, batch),
+        (layers * batch * heads, seq, d, seq, 0), (layers * batch * heads, seq, seq, d, 0),
+        (1, batch * pred, hidden, hidden, batch), (1, batch * pred, hidden, vocab, batch),
     ]
 
 
-def ceiling_args(shapes: list[tuple[int, int, int, int, bool]], dtype: str
+def ceiling_args(shapes: list[tuple[int, int, int, int, int]], dtype: str
                  ) -> list[tuple[Any, Any, Any]]:
     """Random (x, w, dy) per matmul kind, already in the compute dtype (so the ceiling times
     matmuls, not casts); shared by the forward and forward+backward ceilings."""
     cdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
     key = jax.random.key(0)
     args = []
-    for i, (c, m, k, n, _) in enumerate(shapes):
+    for i, (c, m, k, n, rows) in enumerate(shapes):
         ka, kb = jax.random.split(jax.random.fold_in(key, i))
-        args.append((jax.random.normal(ka, (c, m, k), cdt), jax.random.normal(kb, (c, k, n), cdt),
-                     jax.random.normal(kb, (c, m, n), cdt)))
+        lead = (c, rows, m // rows) if rows else (c, m)
+        wshape = (c, k, n)
+        args.append((jax.random.normal(ka, (*lead, k), cdt), jax.random.normal(kb, wshape, cdt),
+                     jax.random.normal(kb, (*lead, n), cdt)))
     return args
 
 
-def build_ceiling(shapes: list[tuple[int, int, int, int, bool]], dtype: str, backward: bool,
+def build_ceiling(shapes: list[tuple[int, int, int, int, int]], dtype: str, backward: bool,
                   args: list[tuple[Any, Any, Any]] | None = None) -> tuple[Any, float]:
-    """The step's matmuls alone, as the step issues them: one [M, K] x [K, N] dot per layer
-    (plus dx = dy W^T and dW = x^T dy for the backward), attention as batched dots.
+    """The step's matmuls alone, in the step's own forms: per layer one [rows, L, K] x [K, N]
+    dot, dx = dy W^T and dW = sum over rows and L of x dy; attention as batched dots.
 
-    (A single dot batched over the layers, as this ceiling used to be, ran the backward
-    dots in forms XLA:CPU handles worse -- a ceiling the step itself then exceeded.)
+    (XLA:CPU runs a 2-D dW = x^T dy, or one dot batched over the layers, as an f32 matmul or
+    a slower form: such a ceiling is one the step itself exceeds.)
     """
     args = ceiling_args(shapes, dtype) if args is None else args
     flops = sum((6.0 if backward else 2.0) * c * m * k * n for c, m, k, n, _ in shapes)
@@ -139,16 +147,21 @@ def build_ceiling(shapes: list[tuple[int, int, int, int, bool]], dtype: str, bac
     def mm(a, b, spec):
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
+    # (forward, dx, dW) einsum specs: per-layer dots on [rows, L, K] activations, and batched
+    # attention dots.
+    layer_specs = ("rlk,kn->rln", "rln,kn->rlk", "rlk,rln->kn")
+    batched_specs = ("cmk,ckn->cmn", "cmn,ckn->cmk", "cmk,cmn->ckn")
+
     def f(args):
         outs = []
-        for (*_, batched), (x, w, dy) in zip(shapes, args, strict=True):
-            pairs = ([(x, w, dy, "c")] if batched
-                     else [(x[i], w[i], dy[i], "") for i in range(x.shape[0])])
-            for xi, wi, dyi, c in pairs:
-                outs.append(mm(xi, wi, f"{c}mk,{c}kn->{c}mn"))
+        for (*_, rows), (x, w, dy) in zip(shapes, args, strict=True):
+            fwd, dx, dw = layer_specs if rows else batched_specs
+            pairs = [(x[i], w[i], dy[i]) for i in range(x.shape[0])] if rows else [(x, w, dy)]
+            for xi, wi, dyi in pairs:
+                outs.append(mm(xi, wi, fwd))
                 if backward:
-                    outs.append(mm(dyi, wi, f"{c}mn,{c}kn->{c}mk"))  # dx
-                    outs.append(mm(xi, dyi, f"{c}mk,{c}mn->{c}kn"))  # dW
+                    outs.append(mm(dyi, wi, dx))
+                    outs.append(mm(xi, dyi, dw))
         return outs
 
     g = jax.jit(f).lower(args).compile()
@@ -158,8 +171,13 @@ def build_ceiling(shapes: list[tuple[int, int, int, int, bool]], dtype: str, bac
 # --------------------------------------------------------------------------- torch peer
 def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: int,
                 pred: int, variant: str, threads: int, vocab: int = VOCAB,
-                device: str = "cpu") -> Any:
-    """One HF ``BertForMaskedLM`` AdamW step of ``variant`` on ``device`` ("cpu" or "cuda")."""
+                device: str = "cpu", accum: int = 1) -> Any:
+    """One HF ``BertForMaskedLM`` AdamW step of ``variant`` on ``device`` ("cpu" or "cuda").
+
+    ``accum`` > 1: the batch runs as that many microbatches whose gradients are summed
+    before the one optimizer update (each microbatch has the same number of predictions,
+    so ``mean / accum`` per microbatch gives exactly the full-batch loss).
+    """
     import torch  # noqa: PLC0415
     from transformers import BertConfig, BertForMaskedLM  # noqa: PLC0415
 
@@ -183,7 +201,7 @@ def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: 
     masked, att, pos, labels_sparse, labels_dense = (
         t.to(device) for t in (masked, att, pos, labels_sparse, labels_dense))
     autocast = variant != "f32_dense"
-    sparse = variant in ("bf16_masked", "bf16_masked_compiled")
+    sparse = variant.startswith("bf16_masked")
     ce = torch.nn.CrossEntropyLoss()
 
     def loss_fn(masked, att, pos, labels_sparse, labels_dense):
@@ -200,10 +218,15 @@ def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: 
     if variant == "bf16_masked_compiled":
         fn = torch.compile(loss_fn)
 
+    tensors = (masked, att, pos, labels_sparse, labels_dense)
+    if batch % accum:
+        raise ValueError(f"batch {batch} is not divisible by accum {accum}")
+    micro = list(zip(*(t.chunk(accum) for t in tensors), strict=True))
+
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = fn(masked, att, pos, labels_sparse, labels_dense)
-        loss.backward()
+        for mb in micro:
+            (fn(*mb) / accum).backward()
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -236,6 +259,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="accelerator peak (dense, step precision) for MFU; default: a table")
     p.add_argument("--peer-variants", default=",".join(TORCH_VARIANTS))
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="microbatches per step (optim.grad_accum); the torch peer then also "
+                        "runs bf16_masked with the same microbatches")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
@@ -245,12 +271,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"# {info}", flush=True)
     # The torch peer runs where ours runs: CUDA when JAX is on a GPU, else the CPU.
     torch_device = "cuda" if acc["platform"] == "gpu" else "cpu"
-    ours = build_ours(a.model, a.batch, a.seq, a.dtype, a.dropout, tuple(a.set), a.vocab)
+    accum = a.grad_accum
+    if accum < 1 or a.batch % accum:
+        p.error(f"--grad-accum {accum} must divide --batch {a.batch}")
+    ours = build_ours(a.model, a.batch, a.seq, a.dtype, a.dropout,
+                      (*a.set, f"optim.grad_accum={accum}"), a.vocab)
     mc = ours["cfg"].model
     pred = ours["pred"]
     fl = model_flops(mc.layers, mc.hidden, mc.intermediate, a.vocab, a.batch, a.seq, pred)
-    shapes = matmul_shapes(mc.layers, mc.hidden, mc.heads, mc.intermediate, a.vocab, a.batch,
-                           a.seq, pred)
+    # The ceiling issues the step's own matmuls: microbatch shapes, `accum` times as many.
+    shapes = [(c * accum, *rest) for c, *rest in matmul_shapes(
+        mc.layers, mc.hidden, mc.heads, mc.intermediate, a.vocab, a.batch // accum, a.seq, pred)]
     fns: dict[str, Any] = {"ours": ours["step"]}
     ceil_flops = {}
     for prec in ("f32", "bf16"):
@@ -260,10 +291,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fns[name], ceil_flops[name] = build_ceiling(shapes, prec, bw, shared)
     peer_err: dict[str, str] = {}
     if a.peer == "torch":
-        for v in a.peer_variants.split(","):
+        variants = a.peer_variants.split(",")
+        if accum > 1:
+            variants.append(f"bf16_masked_accum{accum}")
+        for v in variants:
             try:
+                v_accum = int(v.rsplit("accum", 1)[1]) if "_accum" in v else 1
                 f = build_torch(mc.layers, mc.hidden, mc.heads, mc.intermediate, a.batch, a.seq,
-                                pred, v, os.cpu_count() or 1, a.vocab, torch_device)
+                                pred, v, os.cpu_count() or 1, a.vocab, torch_device, v_accum)
                 t0 = time.perf_counter()
                 f()
                 f()
@@ -281,10 +316,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "cpu": info["cpu"], "cores": info["cores"], "jax": info["jax"], "date": info["date"],
         "model": a.model, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
-        "dropout": a.dropout, "step_s": t_ours, "tokens_per_s": tok / t_ours,
+        "dropout": a.dropout, "grad_accum": accum, "step_s": t_ours, "tokens_per_s": tok / t_ours,
         "nonpad_tokens_per_step": ours["tokens"], "compile_s": ours["compile_s"],
         "model_flops_per_step": fl["total"], "flops_breakdown": fl,
-        "xla_cost_analysis_flops": ours["xla_flops"],
+        # XLA counts a while loop's body once: the microbatch loop runs it `accum` times.
+        "xla_cost_analysis_flops": ours["xla_flops"] * accum,
         "achieved_flops_per_s": fl["total"] / t_ours,
     }
     for name in ceil_flops:
@@ -310,13 +346,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["ratio_vs_fastest_peer"] = res["tokens_per_s"] / peers[best]
     print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}, device "
           f"{acc['platform']} {acc['device_kind']}")
-    print(f"{a.model} batch {a.batch} seq {a.seq} dtype {a.dtype} dropout {a.dropout}; "
-          f"{a.steps} interleaved steps (median)")
+    print(f"{a.model} batch {a.batch} seq {a.seq} dtype {a.dtype} dropout {a.dropout}"
+          f"{f' grad_accum {accum}' if accum > 1 else ''}; {a.steps} interleaved steps (median)")
     print(f"  ours: {t_ours * 1e3:.1f} ms/step, {res['tokens_per_s']:,.0f} tokens/s, "
           f"compile {ours['compile_s']:.1f}s")
     print(f"  model FLOPs/step {fl['total'] / 1e9:.2f} G (encoder {fl['encoder'] / 1e9:.2f}, "
           f"head {fl['head'] / 1e9:.2f}, attention {fl['attention'] / 1e9:.2f}); "
-          f"XLA cost analysis {ours['xla_flops'] / 1e9:.2f} G")
+          f"XLA cost analysis {res['xla_cost_analysis_flops'] / 1e9:.2f} G"
+          f"{' (loop body x grad_accum)' if accum > 1 else ''}")
     print(f"  achieved {res['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s")
     for name in ceil_flops:
         print(f"  {name}: {med[name] * 1e3:.1f} ms, {res[name + '_flops_per_s'] / 1e9:.1f} GFLOP/s")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 TINY = ["--model", "tiny", "--batch", "4", "--seq", "32", "--vocab", "4096", "--steps", "1"]
@@ -22,6 +26,20 @@ def test_train_step_reports_ratios_mfu_and_the_torch_peer() -> None:
     assert res["mfu"] == pytest.approx(res["achieved_flops_per_s"] / 1e12)
 
 
+def test_train_step_microbatches_both_contenders() -> None:
+    pytest.importorskip("transformers")
+    from benchmarks import train_step
+
+    res = train_step.main([*TINY, "--warmup", "0", "--grad-accum", "2", "--peer", "torch",
+                           "--peer-variants", "bf16_masked"])
+    assert res["grad_accum"] == 2
+    assert set(res["peer_tokens_per_s"]) == {"bf16_masked", "bf16_masked_accum2"}
+    # XLA counts the microbatch loop's body once; the report scales it back to the step.
+    assert 0.8 < res["xla_cost_analysis_flops"] / res["model_flops_per_step"] < 1.5
+    with pytest.raises(SystemExit):
+        train_step.main([*TINY, "--grad-accum", "3"])
+
+
 def test_step_breakdown_attributes_the_step() -> None:
     from benchmarks import step_breakdown
 
@@ -29,3 +47,17 @@ def test_step_breakdown_attributes_the_step() -> None:
     for stage in ("mask", "forward", "forward+backward", "step"):
         assert res[f"{stage}_ms"] > 0
     assert res["backward_ms"] == pytest.approx(res["forward+backward_ms"] - res["forward_ms"])
+
+
+def test_op_profile_attributes_time_to_xla_ops() -> None:
+    # A fresh process: the per-op trace events need an XLA flag set before JAX starts.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.op_profile", "--model", "tiny",
+                          "--batch", "4", "--seq", "32", "--steps", "1", "--top", "5"],
+                         capture_output=True, text=True, env=env, timeout=600, check=True).stdout
+    by_kind = out.split("by kind (ms/step):")[1].split("largest operations")[0]
+    rows = [line.split() for line in by_kind.strip().splitlines()]
+    assert rows and all(float(r[0]) >= 0 for r in rows)
+    assert any("fusion" in r[1] for r in rows), out
+    largest = out.split("largest operations")[1].strip().splitlines()[1:]
+    assert len(largest) == 5 and any("dot_general" in line for line in largest), out

@@ -5,10 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tlm_jax.models.dropout import Dropout, drop_threshold, dropout, keep_mask
+from tlm_jax.models.dropout import Dropout, drop_threshold, dropout, keep_mask, threefry2x32
 
 
 def test_drop_rate_and_scaling_are_unbiased() -> None:
@@ -64,3 +65,14 @@ def test_module_is_identity_when_deterministic_and_uses_dropout_rng() -> None:
     y2 = mod.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
     assert (np.asarray(y1) == 0).any() and not np.array_equal(np.asarray(y1), np.asarray(y2))
     assert (Dropout(0.0).apply({}, x, deterministic=False) == x).all()
+
+
+def test_unrolled_threefry_is_bit_identical_to_jax() -> None:
+    rng = np.random.default_rng(0)
+    k1, k2 = (jnp.uint32(v) for v in rng.integers(0, 2**32, 2, dtype=np.uint64))
+    x0, x1 = (jnp.asarray(rng.integers(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32))
+              for _ in range(2))
+    ours = jax.jit(threefry2x32)(k1, k2, x0, x1)
+    ref = threefry2x32_p.bind(k1, k2, x0, x1)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,10 +21,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry2x32_p
 
 _LANES = 4  # 16-bit uniforms per Threefry-2x32 evaluation (2 x 32 bits)
 _ONE = 1 << 16
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(k1: jax.Array, k2: jax.Array, x0: jax.Array, x1: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 (20 rounds) of the counters ``(x0, x1)`` under the key ``(k1, k2)``.
+
+    Bit-identical to JAX's ``threefry2x32_p``, written out as uint32 arithmetic. JAX lowers
+    its primitive on CPU as a rolled 5-iteration while loop (to save compile time), and XLA
+    copies both counter arrays on every iteration: ~2 ms per attention mask of a bert-6-cpu
+    microbatch, 4-9 % of the step (benchmarks/op_profile.py). Unrolled, the rounds run in one
+    fused kernel.
+    """
+    def rotl(v: jax.Array, d: int) -> jax.Array:
+        return (v << np.uint32(d)) | (v >> np.uint32(32 - d))
+
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ rotl(x1, r)
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
 
 
 def drop_threshold(rate: float) -> int:
@@ -56,7 +82,9 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
         row = row + jax.lax.broadcasted_iota(jnp.uint32, grid, axis) * jnp.uint32(stride)
         stride *= grid[axis]
     group = jax.lax.broadcasted_iota(jnp.uint32, grid, len(grid) - 1)
-    b1, b2 = threefry2x32_p.bind(k1, k2, row, group)
+    # The barrier materialises the two words once; fused into the four-lane stack below, XLA
+    # would recompute the 20 rounds for every lane.
+    b1, b2 = jax.lax.optimization_barrier(threefry2x32(k1, k2, row, group))
     words = jnp.stack([b1 & 0xFFFF, b1 >> 16, b2 & 0xFFFF, b2 >> 16], axis=-1)
     bits = words.reshape(*shape_[:-1], groups * _LANES)[..., :last]
     keep = bits >= jnp.uint32(drop_threshold(rate))
