@@ -11,6 +11,7 @@ import numpy as np
 
 from tlm_jax.config import ModelConfig
 from tlm_jax.models import apply_model, build_model, count_params, init_variables
+from tlm_jax.models.layers import gelu_erf
 from tlm_jax.sharding import unbox
 
 CFG = ModelConfig(vocab_size=97, hidden=32, layers=2, heads=4, intermediate=64, max_len=16,
@@ -114,3 +115,17 @@ def test_pre_ln_encoder_matches_its_definition() -> None:
     post_hidden = apply_model(build_model(dataclasses.replace(cfg, norm="post")), post, x,
                               heads=())[0]["hidden"]
     assert np.abs(np.asarray(post_hidden) - np.asarray(hidden)).max() > 0.1
+
+
+def test_gelu_matches_the_erf_formula_and_its_derivative() -> None:
+    x = jnp.linspace(-8.0, 8.0, 2001)
+
+    def ref(v):
+        return 0.5 * v * (1.0 + jax.lax.erf(v / jnp.sqrt(2.0)))
+
+    np.testing.assert_allclose(gelu_erf(x), ref(x), atol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda v: gelu_erf(v).sum())(x),
+                               jax.grad(lambda v: ref(v).sum())(x), atol=1e-6)
+    xb = x.astype(jnp.bfloat16)  # bf16 in, bf16 out and bf16 gradient, computed in f32
+    assert gelu_erf(xb).dtype == jnp.bfloat16
+    assert jax.grad(lambda v: gelu_erf(v).astype(jnp.float32).sum())(xb).dtype == jnp.bfloat16
