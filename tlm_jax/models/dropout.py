@@ -36,7 +36,7 @@ def threefry2x32(k1: jax.Array, k2: jax.Array, x0: jax.Array, x1: jax.Array
     Bit-identical to JAX's ``threefry2x32_p``, written out as uint32 arithmetic. JAX lowers
     its primitive on CPU as a rolled 5-iteration while loop (to save compile time), and XLA
     copies both counter arrays on every iteration: ~2 ms per attention mask of a bert-6-cpu
-    microbatch, 4-9 % of the step (benchmarks/op_profile.py). Unrolled, the rounds run in one
+    microbatch, 2-9 % of the step in in-process A/B runs. Unrolled, the rounds run in one
     fused kernel.
     """
     def rotl(v: jax.Array, d: int) -> jax.Array:

@@ -144,7 +144,7 @@ def _layer_norm(x: jax.Array, p: dict[str, jax.Array], eps: float, dt: jnp.dtype
 
 
 def _dense(x: jax.Array, p: dict[str, jax.Array], contract: int, dt: jnp.dtype) -> jax.Array:
-    return matmul(x, p["kernel"], contract, dt) + p["bias"].astype(dt)
+    return matmul(x, p["kernel"], contract, dt, p["bias"])
 
 
 def decode_step(cfg: ModelConfig, params: dict[str, Any], ids: jax.Array, pos: jax.Array,

@@ -70,14 +70,22 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     }[name]
 
 
-def matmul(x: jax.Array, w: jax.Array, contract: int = 1, dtype: Dtype = jnp.float32) -> jax.Array:
-    """``x @ w`` contracting the last ``contract`` dims of x with the first of w.
+def matmul(x: jax.Array, w: jax.Array, contract: int = 1, dtype: Dtype = jnp.float32,
+           bias: jax.Array | None = None) -> jax.Array:
+    """``x @ w (+ bias)`` contracting the last ``contract`` dims of x with the first of w.
 
     Inputs are cast to ``dtype``; accumulation is float32; the result is ``dtype``. In
     bf16 the backward dots stay bf16 with f32 accumulation (:mod:`tlm_jax.models.precision`).
+    The bias is added to the f32 accumulator (one rounding, as a fused GEMM epilogue does).
+    Its gradient is then a float32 sum over the tokens; added in bf16, the sum was a bf16
+    reduction that XLA:CPU splits into a slow reduce-window (~19 ms per [4096, 1024] bias
+    gradient, 0.23 s of a 1.1 s bert-6-cpu step).
     """
     spec = precision.matmul_spec(x.ndim, w.ndim, contract)
-    return precision.einsum(spec, x, w, dtype).astype(dtype)
+    y = precision.einsum(spec, x, w, dtype)  # float32
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(dtype)
 
 
 class Dense(nn.Module):
@@ -102,19 +110,13 @@ class Dense(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.axes)),
             (*in_shape, *self.features), self.param_dtype)
-        spec = precision.matmul_spec(x.ndim, kernel.ndim, self.contract)
-        y = precision.einsum(spec, x, kernel, self.dtype)  # float32
+        bias = None
         if self.use_bias:
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                      tuple(self.axes[self.contract:])),
                 tuple(self.features), self.param_dtype)
-            # The bias is added to the f32 accumulator (one rounding, as a fused GEMM
-            # epilogue does). Its gradient is then a float32 sum over the tokens; added in
-            # bf16, the sum was a bf16 reduction that XLA:CPU splits into a slow
-            # reduce-window (~19 ms per [4096, 1024] bias gradient, 0.23 s of a 1.1 s step).
-            y = y + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
+        return matmul(x, kernel, self.contract, self.dtype, bias)
 
 
 DEFAULT_INIT = nn.initializers.normal(0.02)

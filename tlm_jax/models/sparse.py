@@ -153,13 +153,12 @@ class SLTrainDense(nn.Module):
                                                                    ("stack", "nnz")),
                             (g, nnz), self.param_dtype)
         kernel = sltrain_kernel(a, b, values, index.value, self.alpha / self.rank)
-        y = matmul(x, kernel, self.contract, self.dtype)
+        bias = None
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                    out_axes), feats,
                               self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+        return matmul(x, kernel, self.contract, self.dtype, bias)
 
 
 # ----------------------------------------------------------------------------- SPDF
@@ -211,12 +210,11 @@ class SPDFDense(nn.Module):
 
         kernel = self.param("kernel", nn.with_logical_partitioning(init, axes),
                             (*in_shape, *feats), self.param_dtype)
-        y = matmul(x, kernel * mask.astype(kernel.dtype), self.contract, self.dtype)
+        bias = None
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(
                 nn.initializers.zeros_init(), axes[self.contract:]), feats, self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+        return matmul(x, kernel * mask.astype(kernel.dtype), self.contract, self.dtype, bias)
 
 
 # ----------------------------------------------------------------------------- building
