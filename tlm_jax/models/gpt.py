@@ -37,6 +37,7 @@ from tlm_jax.models.layers import (
     SelfAttention,
     activation,
     dtype_of,
+    layer_norm,
     matmul,
 )
 from tlm_jax.models.sparse import linear_spec
@@ -136,11 +137,7 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array
 
 
 def _layer_norm(x: jax.Array, p: dict[str, jax.Array], eps: float, dt: jnp.dtype) -> jax.Array:
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + eps)
-    return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(dt)
+    return layer_norm(x, p["scale"], p["bias"], eps, dt)
 
 
 def _dense(x: jax.Array, p: dict[str, jax.Array], contract: int, dt: jnp.dtype) -> jax.Array:

@@ -158,6 +158,16 @@ def projection(spec: LinearSpec | None, features: Sequence[int], axes: Sequence[
                              dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init)
 
 
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
+               dtype: Dtype) -> jax.Array:
+    """LayerNorm over the last axis computed in float32; the result in ``dtype``."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed in float32 with named ``norm`` parameters."""
 
@@ -172,11 +182,7 @@ class LayerNorm(nn.Module):
                                                                  ("norm",)), (h,), self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                ("norm",)), (h,), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+        return layer_norm(x, scale, bias, self.eps, self.dtype)
 
 
 class SelfAttention(nn.Module):
