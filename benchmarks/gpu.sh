@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu.sh OUT_DIR        (one *.log and one *.json per configuration)
 #
 # Each stage has its own time limit so one slow compile cannot take the others down; the
-# whole script fits a 10-minute call (about 5 minutes on an H200, compiles included).
+# whole script fits a 10-minute call (about 6 minutes on an H200, compiles included).
 # Needs the package's dependencies beside a CUDA jax + torch + transformers; on an image that
 # lacks them (the lent H200's had no grain, array_record, portpicker, omegaconf, tensorboardX,
 # zstandard, importlib_resources), install those wheels first.
@@ -26,7 +26,13 @@ bench() {
   tail -n 1 "$out/$name.log" | grep '^{' > "$out/$name.json" || rm -f "$out/$name.json"
 }
 
-bench base_b256_l128_peer "${LIMIT_PEER:-330}" --batch 256 --seq 128 --steps 20 --warmup 3 --peer torch
+# ours = model.attention_impl=auto (the fused Pallas attention on a GPU); the xla variant is
+# the same step with XLA's attention, timed round-robin with it.
+bench base_b256_l128_peer "${LIMIT_PEER:-330}" --batch 256 --seq 128 --steps 20 --warmup 3 \
+  --peer torch --variant xla:model.attention_impl=xla
+# Attention alone: the fused kernels, our XLA attention, jax.nn's and cuDNN's, 12 blocks a call.
+timeout "${LIMIT_ATTENTION:-100}" "$py" -m benchmarks.attention --reps 10 2>&1 \
+  | tee "$out/attention_b256_l128.log"
 # Where the step's time goes (mask / forward / backward / optimizer).
 timeout "${LIMIT_BREAKDOWN:-170}" "$py" -m benchmarks.step_breakdown --model base --vocab 30522 \
   --batch 256 --seq 128 --dtype bf16 --steps 10 2>&1 | tee "$out/base_b256_l128_breakdown.log"

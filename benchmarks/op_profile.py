@@ -1,14 +1,18 @@
-"""Where a train step's time goes, per XLA operation (CPU).
+"""Where a train step's time goes, per XLA operation (CPU or GPU).
 
     python -m benchmarks.op_profile --model bert-6-cpu --batch 32 --seq 128 --dtype bf16 \
-        [--steps 3] [--top 30] [--set optim.grad_accum=4]
+        [--steps 3] [--top 30] [--set optim.grad_accum=4] [--vocab 30522] [--out DIR]
 
 Traces a few steps of the real jitted step with the JAX profiler (XLA:CPU's per-thunk
 TraceMe events turned on through ``XLA_FLAGS``), then prints the time per operation kind
 (``ynn_fusion`` = YNNPACK matmuls and reductions, ``*_fusion`` = XLA loop fusions, ...) and
 the most expensive single operations with the model code they came from (HLO op_name).
 Durations are per step; thunks can run concurrently on the CPU's threads, so the sum can
-exceed the step's wall time. This is how the bias-gradient reduce-window, the QKV slice
+exceed the step's wall time. On a GPU the times are the kernels' own (CUPTI activity on the
+device's streams, from the profiler's XSpace), keyed by the HLO operation that launched them,
+and "busy" is their sum per step (the rest of the step is launch gaps and host work).
+``--out DIR`` keeps the raw per-event table (``events.json.gz``) and the compiled HLO text for
+offline study. This is how the bias-gradient reduce-window, the QKV slice
 transposes and the argmax over the vocabulary were found (tlm_jax/models/attention.py,
 layers.Dense, objectives.base.cross_entropy_terms).
 """
@@ -54,6 +58,34 @@ def op_times(trace_dir: str, steps: int) -> dict[str, float]:
     return dict(total)
 
 
+def gpu_op_times(trace_dir: str, steps: int) -> tuple[dict[str, float], list[dict]]:
+    """Milliseconds per step of each HLO op's kernels on the GPU, and the raw events.
+
+    Reads the XSpace with ``jax.profiler.ProfileData``; only the device planes' stream lines
+    count (the derived "XLA Ops"/"XLA Modules" lines repeat the same time).
+    """
+    from jax.profiler import ProfileData  # noqa: PLC0415
+
+    path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    if not path:
+        raise FileNotFoundError(f"no xplane.pb under {trace_dir}")
+    total: collections.Counter = collections.Counter()
+    raw = []
+    for plane in ProfileData.from_file(path[0]).planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            for e in line.events:
+                stats = {k: (v if isinstance(v, (int, float, str)) else str(v))
+                         for k, v in e.stats}
+                raw.append({"line": line.name, "name": e.name, "ns": e.duration_ns,
+                            "start_ns": e.start_ns, **stats})
+                if line.name.startswith("Stream"):
+                    op = str(stats.get("hlo_op") or e.name)
+                    total[op] += e.duration_ns / 1e6 / steps
+    return dict(total), raw
+
+
 def op_names(hlo_text: str) -> dict[str, tuple[str, str]]:
     """HLO instruction name -> (result shape, model op_name) from compiled HLO text."""
     out = {}
@@ -79,9 +111,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--dtype", default="bf16", choices=["f32", "bf16"])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--vocab", type=int, default=None)
     p.add_argument("--set", action="append", default=[], help="extra config override k=v")
+    p.add_argument("--out", default=None, help="keep raw events and HLO text here")
     a = p.parse_args(argv)
-    ours = build_ours(a.model, a.batch, a.seq, a.dtype, overrides=tuple(a.set))
+    extra = {"vocab": a.vocab} if a.vocab else {}
+    ours = build_ours(a.model, a.batch, a.seq, a.dtype, overrides=tuple(a.set), **extra)
+    gpu = jax.devices()[0].platform == "gpu"
     step = ours["step"]
     for _ in range(3):
         step()
@@ -90,19 +126,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         step()
     wall = (time.perf_counter() - t0) / a.steps * 1e3
     with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d, create_perfetto_trace=True):
+        with jax.profiler.trace(d, create_perfetto_trace=not gpu):
             for _ in range(a.steps):
                 step()
-        times = op_times(d, a.steps)
-    names = op_names(ours["compiled"].as_text())
+        if gpu:
+            times, raw = gpu_op_times(d, a.steps)
+        else:
+            times, raw = op_times(d, a.steps), []
+    hlo = ours["compiled"].as_text()
+    names = op_names(hlo)
+    if gpu:  # kernels whose op is not in the HLO text (memcpy, cuDNN internals) keep their name
+        names.update({op: ("", "") for op in times if op not in names})
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "hlo.txt"), "w") as f:
+            f.write(hlo)
+        with gzip.open(os.path.join(a.out, "events.json.gz"), "wt") as f:
+            json.dump(raw, f)
     kinds: collections.Counter = collections.Counter()
     for op, ms in times.items():
         if op in names:
             kinds[kind(op)] += ms
     info = machine()
+    where = f"device {jax.devices()[0].device_kind}" if gpu else "ops overlap on the threads"
     print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}; {a.model} batch "
           f"{a.batch} seq {a.seq} {a.dtype}: {wall:.1f} ms/step untraced; per-op sum "
-          f"{sum(kinds.values()):.1f} ms/step (ops overlap on the threads)")
+          f"{sum(kinds.values()):.1f} ms/step ({where})")
     print("\nby kind (ms/step):")
     for k, ms in kinds.most_common(a.top):
         print(f"  {ms:8.2f}  {k}")

@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--grad-accum", type=int, default=1,
                    help="microbatches per step (optim.grad_accum); the torch peer then also "
                         "runs bf16_masked with the same microbatches")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
+                   help="also time our step with these overrides (same shape, round-robin), "
+                        "e.g. fused:model.attention_impl=fused")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
@@ -283,6 +286,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shapes = [(c * accum, *rest) for c, *rest in matmul_shapes(
         mc.layers, mc.hidden, mc.heads, mc.intermediate, a.vocab, a.batch // accum, a.seq, pred)]
     fns: dict[str, Any] = {"ours": ours["step"]}
+    for spec in a.variant:
+        name, _, sets = spec.partition(":")
+        if not name or not sets:
+            p.error(f"--variant {spec!r}: expected NAME:key=value[,key=value]")
+        try:
+            fns[f"variant_{name}"] = build_ours(
+                a.model, a.batch, a.seq, a.dtype, a.dropout,
+                (*a.set, f"optim.grad_accum={accum}", *sets.split(",")), a.vocab)["step"]
+        except Exception as e:  # noqa: BLE001 - report a variant that does not build, go on
+            print(f"# variant {name} failed: {type(e).__name__}: {str(e)[:1500]}", flush=True)
     ceil_flops = {}
     for prec in ("f32", "bf16"):
         shared = ceiling_args(shapes, prec)
@@ -335,6 +348,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # MFU: useful model FLOP/s over the chip's dense peak in the step's precision.
         res["peak_flops_per_s"] = peak * 1e12
         res["mfu"] = res["achieved_flops_per_s"] / res["peak_flops_per_s"]
+    extra = {k[len("variant_"):]: v for k, v in med.items() if k.startswith("variant_")}
+    if extra:
+        res["variants"] = {k: {"step_s": v, "tokens_per_s": tok / v, "vs_ours": t_ours / v}
+                           for k, v in extra.items()}
     if a.peer == "torch":
         res["peer_device"] = torch_device
         peers = {k[len("torch_"):]: tok / v for k, v in med.items() if k.startswith("torch_")}
@@ -344,12 +361,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             best = max(peers, key=peers.get)
             res["fastest_peer"] = best
             res["ratio_vs_fastest_peer"] = res["tokens_per_s"] / peers[best]
+            for v in res.get("variants", {}).values():
+                v["ratio_vs_fastest_peer"] = v["tokens_per_s"] / peers[best]
     print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}, device "
           f"{acc['platform']} {acc['device_kind']}")
     print(f"{a.model} batch {a.batch} seq {a.seq} dtype {a.dtype} dropout {a.dropout}"
           f"{f' grad_accum {accum}' if accum > 1 else ''}; {a.steps} interleaved steps (median)")
     print(f"  ours: {t_ours * 1e3:.1f} ms/step, {res['tokens_per_s']:,.0f} tokens/s, "
           f"compile {ours['compile_s']:.1f}s")
+    for k, v in res.get("variants", {}).items():
+        print(f"  ours with {k}: {v['step_s'] * 1e3:.1f} ms/step, {v['tokens_per_s']:,.0f} "
+              f"tokens/s ({v['vs_ours']:.2f}x ours)")
     print(f"  model FLOPs/step {fl['total'] / 1e9:.2f} G (encoder {fl['encoder'] / 1e9:.2f}, "
           f"head {fl['head'] / 1e9:.2f}, attention {fl['attention'] / 1e9:.2f}); "
           f"XLA cost analysis {res['xla_cost_analysis_flops'] / 1e9:.2f} G"

@@ -147,3 +147,38 @@ def jaxpr_dots(fn: Any, *args: Any) -> list:
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
     return out
+
+
+def reference_attention(qkv: Any, allowed: Any, keep: Any, keep_prob: float) -> Any:
+    """Plain float32 attention of ``qkv [b, s, 3, h, d]``, for JAX to differentiate."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    x = qkv.astype(jnp.float32)
+    q, k, v = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    p = jax.nn.softmax(jnp.where(allowed, s, jnp.finfo(jnp.float32).min), axis=-1)
+    if keep is not None:
+        p = jnp.where(keep, p / keep_prob, 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def attention_inputs(shape: tuple[int, int, int, int], pad: int, keep_prob: float,
+                     causal: bool, dropout: bool, seed: int = 0) -> tuple:
+    """``(qkv f32, valid [b, s], allowed, keep or None, g, key)`` for attention tests.
+
+    The second sequence has its last ``pad`` positions padded.
+    """
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    b, s, h, d = shape
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+    qkv = jax.random.normal(k1, (b, s, 3, h, d), jnp.float32)
+    valid = jnp.arange(s)[None, :] < jnp.array([s] + [s - pad] * (b - 1))[:, None]
+    allowed = valid[:, None, None, :]
+    if causal:
+        allowed = allowed & jnp.tril(jnp.ones((s, s), bool))[None, None]
+    keep = jax.random.bernoulli(k2, keep_prob, (b, h, s, s)) if dropout else None
+    g = jax.random.normal(k3, (b, s, h, d), jnp.float32)
+    return qkv, valid, allowed, keep, g, k4

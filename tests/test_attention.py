@@ -6,33 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import jaxpr_dots
+from conftest import attention_inputs, jaxpr_dots, reference_attention
 
 from tlm_jax.models.attention import attention
 
 B, S, H, D = 2, 7, 3, 8
 
 
-def _reference(qkv, allowed, keep, keep_prob):
-    """Plain float32 attention, differentiated by JAX."""
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * D ** -0.5
-    p = jax.nn.softmax(jnp.where(allowed, s, jnp.finfo(jnp.float32).min), axis=-1)
-    if keep is not None:
-        p = jnp.where(keep, p / keep_prob, 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", p, v)
-
-
 def _inputs(causal: bool, dropout: bool):
-    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-    qkv = jax.random.normal(k1, (B, S, 3, H, D), jnp.float32)
-    valid = jnp.arange(S)[None, :] < jnp.array([[S], [S - 3]])  # second row padded
-    allowed = valid[:, None, None, :]
-    if causal:
-        allowed = allowed & jnp.tril(jnp.ones((S, S), bool))[None, None]
-    keep = jax.random.bernoulli(k2, 0.8, (B, H, S, S)) if dropout else None
-    g = jax.random.normal(k3, (B, S, H, D), jnp.float32)
-    return qkv, allowed, keep, g, k4
+    qkv, _, allowed, keep, g, key = attention_inputs((B, S, H, D), 3, 0.8, causal, dropout)
+    return qkv, allowed, keep, g, key
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -40,7 +23,7 @@ def _inputs(causal: bool, dropout: bool):
 def test_f32_output_and_gradient_match_autodiff(causal: bool, dropout: bool) -> None:
     qkv, allowed, keep, g, _ = _inputs(causal, dropout)
     ours = lambda x: attention(x, allowed, keep=keep, keep_prob=0.8)  # noqa: E731
-    ref = lambda x: _reference(x, allowed, keep, 0.8)  # noqa: E731
+    ref = lambda x: reference_attention(x, allowed, keep, 0.8)  # noqa: E731
     y, vjp = jax.vjp(ours, qkv)
     y_ref, vjp_ref = jax.vjp(ref, qkv)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -75,7 +58,7 @@ def test_bf16_backward_dots_are_bf16_and_close_to_f32() -> None:
         assert e.params["preferred_element_type"] == jnp.float32
     dq = jax.grad(loss)(xb)
     assert dq.dtype == jnp.bfloat16
-    ref = jax.grad(lambda x: jnp.sum(_reference(x, allowed, keep, 0.8) * g))(
+    ref = jax.grad(lambda x: jnp.sum(reference_attention(x, allowed, keep, 0.8) * g))(
         xb.astype(jnp.float32))
     rel = float(jnp.linalg.norm(dq.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
     assert rel < 0.02, rel

@@ -61,3 +61,26 @@ def test_op_profile_attributes_time_to_xla_ops() -> None:
     assert any("fusion" in r[1] for r in rows), out
     largest = out.split("largest operations")[1].strip().splitlines()[1:]
     assert len(largest) == 5 and any("dot_general" in line for line in largest), out
+
+
+def test_train_step_times_variants_of_ours_and_reports_a_broken_one() -> None:
+    from benchmarks import train_step
+
+    res = train_step.main([*TINY, "--warmup", "0", "--variant", "nodrop:model.dropout=0",
+                           "--variant", "bad:model.attention_impl=nope"])
+    assert set(res["variants"]) == {"nodrop"}  # the bad one is reported and skipped
+    v = res["variants"]["nodrop"]
+    assert v["vs_ours"] == pytest.approx(res["step_s"] / v["step_s"])
+    with pytest.raises(SystemExit):
+        train_step.main([*TINY, "--variant", "no-overrides"])
+
+
+def test_attention_benchmark_compares_every_variant_with_ours() -> None:
+    from benchmarks import attention
+
+    res = attention.main(["--batch", "2", "--seq", "32", "--heads", "2", "--head-dim", "16",
+                          "--layers", "2", "--reps", "1", "--interpret"])
+    assert {"ours", "ours_dropout", "jax_xla", "fused", "fused_dropout"} <= set(res)
+    for name in ("jax_xla", "fused", "fused_dropout"):  # same math, same dropout masks
+        assert res[name]["max_out_diff"] < 0.05 and res[name]["max_grad_diff"] < 0.05, name
+    assert all(r["ms"] > 0 for r in res.values())

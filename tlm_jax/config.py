@@ -96,6 +96,11 @@ class ModelConfig:
     attention_dropout: float = 0.1
     activation: str = "gelu"  # gelu (exact erf, as BERT) | gelu_tanh | relu
     layer_norm_eps: float = 1e-12
+    # Scores/softmax/context: xla (any backend) | fused (Pallas kernels for short sequences,
+    # tlm_jax/models/fused_attention.py; GPU, elsewhere its slow interpreter) | auto (fused
+    # where measured faster: an encoder on a GPU in bf16 with a power-of-two length <= 256;
+    # 1.10-1.15x BERT-base's H200 step; xla everywhere else).
+    attention_impl: str = "auto"
     # Encoder LayerNorm placement: post (BERT, HF-compatible) | pre (x + f(LN(x)), a final LN;
     # trains stably at higher learning rates, which short CPU budgets need).
     norm: str = "post"
@@ -371,6 +376,9 @@ def validate(cfg: Config) -> None:
                        f"optim.grad_accum={cfg.optim.grad_accum}", "change one of them")
     if cfg.train.parallel not in ("jit", "pmap"):
         raise TLMError(f"train.parallel={cfg.train.parallel!r} is unknown", "use jit or pmap")
+    if m.attention_impl not in ("xla", "fused", "auto"):
+        raise TLMError(f"model.attention_impl={m.attention_impl!r} is unknown",
+                       "use xla, fused or auto")
     if m.norm not in ("post", "pre"):
         raise TLMError(f"model.norm={m.norm!r} is unknown", "use post (BERT) or pre")
     if cfg.data.packing not in ("truncate", "pack"):

@@ -38,7 +38,8 @@ class EncoderLayer(nn.Module):
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         head_dim = c.head_dim or c.hidden // c.heads
         attn = SelfAttention(c.heads, head_dim, c.attention_dropout, dtype=dt, param_dtype=pdt,
-                             init_std=c.init_std, linear=linear_spec(c), name="attention")
+                             init_std=c.init_std, linear=linear_spec(c), impl=c.attention_impl,
+                             name="attention")
         attn_norm = LayerNorm(c.layer_norm_eps, dt, pdt, name="attention_norm")
         mlp = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, linear=linear_spec(c),
                   name="mlp")

@@ -56,7 +56,7 @@ class DecoderLayer(nn.Module):
         h = LayerNorm(c.layer_norm_eps, dt, pdt, name="attention_norm")(x)
         a = SelfAttention(c.heads, head_dim, c.attention_dropout, causal=True, dtype=dt,
                           param_dtype=pdt, init_std=c.init_std, linear=linear_spec(c),
-                          name="attention")(h, mask, deterministic)
+                          impl=c.attention_impl, name="attention")(h, mask, deterministic)
         x = x + Dropout(c.dropout)(a, deterministic=deterministic)
         h = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")(x)
         h = MLP(c.intermediate, c.activation, dt, pdt, c.init_std, linear=linear_spec(c),

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from tlm_jax.models import precision
 from tlm_jax.models.attention import attention
 from tlm_jax.models.dropout import keep_mask, keep_probability
+from tlm_jax.models.fused_attention import fused_attention
+from tlm_jax.models.fused_attention import supported as fused_supported
 
 Dtype = Any
 
@@ -185,6 +187,21 @@ class LayerNorm(nn.Module):
         return layer_norm(x, scale, bias, self.eps, self.dtype)
 
 
+def use_fused_attention(impl: str, length: int, head_dim: int, dtype: Dtype,
+                        causal: bool = False) -> bool:
+    """Whether ``model.attention_impl`` picks the fused kernels for this shape.
+
+    ``fused`` always (its own error names an unsupported shape; off a GPU it runs Pallas's
+    interpreter, which is slow and meant for tests); ``auto`` only where the kernels compile
+    and were measured faster (a GPU, a supported shape, an encoder: the causal variant has
+    not yet been timed on a GPU); ``xla`` never.
+    """
+    if impl == "fused":
+        return True
+    return (impl == "auto" and not causal and jax.default_backend() == "gpu"
+            and fused_supported(length, head_dim, dtype))
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection.
 
@@ -200,6 +217,7 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     init_std: float = 0.02
     linear: LinearSpec | None = None  # None = dense projections
+    impl: str = "auto"  # xla | fused | auto (model.attention_impl)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
@@ -209,18 +227,22 @@ class SelfAttention(nn.Module):
                          ("embed", None, "heads", "kv"), groups=3, dtype=self.dtype,
                          param_dtype=self.param_dtype, kernel_init=init, name="qkv")(x)
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
-        # mask: [batch, key] validity (padding); causal adds the triangle.
-        allowed = mask[:, None, None, :].astype(bool)
-        if self.causal:
-            length = x.shape[1]
-            allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
         keep, keep_prob = None, 1.0
         if self.dropout > 0 and not deterministic:
             b, s = qkv.shape[:2]
             keep = keep_mask(self.make_rng("dropout"), (b, self.heads, s, s), self.dropout)
             keep_prob = keep_probability(self.dropout)
-        # Scores, softmax and context with a hand-written backward (tlm_jax.models.attention).
-        ctx = attention(qkv, allowed, keep=keep, keep_prob=keep_prob, dtype=self.dtype)
+        # mask: [batch, key] validity (padding); causal adds the triangle.
+        if use_fused_attention(self.impl, x.shape[1], self.head_dim, self.dtype, self.causal):
+            ctx = fused_attention(qkv, mask, causal=self.causal, keep=keep, keep_prob=keep_prob,
+                                  dtype=self.dtype, interpret=jax.default_backend() != "gpu")
+        else:
+            allowed = mask[:, None, None, :].astype(bool)
+            if self.causal:
+                length = x.shape[1]
+                allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, None]
+            # Scores, softmax and context with a hand-written backward (models/attention.py).
+            ctx = attention(qkv, allowed, keep=keep, keep_prob=keep_prob, dtype=self.dtype)
         ctx = nn.with_logical_constraint(ctx.astype(self.dtype), ("batch", "length", "heads", "kv"))
         return projection(self.linear, (hidden,), ("heads", "kv", "embed"), contract=2,
                           dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
