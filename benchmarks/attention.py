@@ -1,7 +1,7 @@
 """Attention forward + backward alone: our custom-VJP attention vs JAX's and cuDNN's.
 
     python -m benchmarks.attention [--batch 256 --seq 128 --heads 12 --head-dim 64] \
-        [--layers 12] [--reps 20] [--interpret]
+        [--layers 12] [--reps 20] [--fused-blocks 64,32,4,8 ...] [--interpret]
 
 Times ``value_and_grad`` of ``--layers`` independent attention blocks (one jitted call, as in
 a model's step, so per-call dispatch does not hide the kernels) on fused
@@ -14,6 +14,8 @@ reports the time per block:
 * ``fused``, ``fused_dropout`` (GPU, or any backend with ``--interpret``):
   :func:`tlm_jax.models.fused_attention.fused_attention`, the Pallas kernels
   (``model.attention_impl=fused``);
+* ``fused[BQ,BQ_BWD,W,W_BWD]_dropout`` for each ``--fused-blocks``: the same kernels with
+  other query blocks and warp counts (the default is ``DEFAULT_BLOCKS`` in that module);
 * ``cudnn`` (GPU only): ``jax.nn.dot_product_attention(implementation="cudnn")``, cuDNN's
   fused (flash) kernels with the padding given as key lengths; no dropout.
 
@@ -37,7 +39,8 @@ from tlm_jax.models.dropout import keep_mask, keep_probability
 from tlm_jax.models.fused_attention import fused_attention
 
 
-def variants(b: int, s: int, h: int, d: int, gpu: bool, interpret: bool) -> dict[str, Any]:
+def variants(b: int, s: int, h: int, d: int, gpu: bool, interpret: bool,
+             blocks: list[tuple[int, ...]]) -> dict[str, Any]:
     """name -> f(qkv, lengths, key) returning the context ``[b, s, h, d]``."""
     rate = 0.1
 
@@ -63,18 +66,20 @@ def variants(b: int, s: int, h: int, d: int, gpu: bool, interpret: bool) -> dict
                                                 implementation="xla")
         return f
 
-    def fused(rate_: float):
+    def fused(rate_: float, blk: tuple[int, ...] | None = None):
         def f(qkv: jax.Array, lengths: jax.Array, key: jax.Array) -> jax.Array:
             valid = jnp.arange(s)[None, :] < lengths[:, None]
             keep = keep_mask(key, (b, h, s, s), rate_) if rate_ else None
             return fused_attention(qkv, valid, keep=keep, keep_prob=keep_probability(rate_),
-                                   interpret=not gpu)
+                                   interpret=not gpu, blocks=blk)
         return f
 
     out = {"ours": ours, "ours_dropout": ours_dropout, "jax_xla": jax_nn("xla")}
     if gpu or interpret:
         out["fused"] = fused(0.0)
         out["fused_dropout"] = fused(rate)
+        for blk in blocks:
+            out[f"fused[{','.join(map(str, blk))}]_dropout"] = fused(rate, blk)
     if gpu:
         out["cudnn"] = jax_nn("cudnn")
     return out
@@ -88,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--layers", type=int, default=12, help="attention blocks per timed call")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--fused-blocks", action="append", default=[], metavar="BQ,BQ_BWD,W,W_BWD",
+                   help="also time the fused kernels (with dropout) with these query blocks "
+                        "and warps (forward, backward); repeatable")
     p.add_argument("--interpret", action="store_true",
                    help="also run the fused kernels off a GPU, in Pallas's interpreter (slow)")
     a = p.parse_args(argv)
@@ -96,16 +104,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gpu = info["platform"] == "gpu"
     kq, kg, kd = jax.random.split(jax.random.PRNGKey(0), 3)
     n = a.layers
-    qkv = jax.random.normal(kq, (n, b, s, 3, h, d), jnp.float32).astype(jnp.bfloat16)
-    cot = jax.random.normal(kg, (n, b, s, h, d), jnp.float32).astype(jnp.bfloat16)
+    # One array per block (a stacked array's gradient would be assembled by dynamic updates
+    # that cost more than the attention on a CPU).
+    qkv = tuple(jax.random.normal(k, (b, s, 3, h, d), jnp.float32).astype(jnp.bfloat16)
+                for k in jax.random.split(kq, n))
+    cot = tuple(jax.random.normal(k, (b, s, h, d), jnp.float32).astype(jnp.bfloat16)
+                for k in jax.random.split(kg, n))
     keys = jax.random.split(kd, n)
     # Every sequence is padded a little (as packed MLM batches are not): 90-100 % real.
     lengths = jnp.asarray(s - (jnp.arange(b) % max(1, s // 10)), jnp.int32)
 
     results: dict[str, Any] = {}
     fns, outs = {}, {}
-    for name, f in variants(b, s, h, d, gpu, a.interpret).items():
-        def loss(qkv: jax.Array, cot: jax.Array, f=f) -> tuple[jax.Array, jax.Array]:
+    blocks = [tuple(int(x) for x in spec.split(",")) for spec in a.fused_blocks]
+    for name, f in variants(b, s, h, d, gpu, a.interpret, blocks).items():
+        def loss(qkv: tuple, cot: tuple, f=f) -> tuple[jax.Array, jax.Array]:
             ctxs = [f(qkv[i], lengths, keys[i]) for i in range(n)]
             total = sum(jnp.sum(c.astype(jnp.float32) * cot[i].astype(jnp.float32))
                         for i, c in enumerate(ctxs))

@@ -6,7 +6,9 @@
 Traces a few steps of the real jitted step with the JAX profiler (XLA:CPU's per-thunk
 TraceMe events turned on through ``XLA_FLAGS``), then prints the time per operation kind
 (``ynn_fusion`` = YNNPACK matmuls and reductions, ``*_fusion`` = XLA loop fusions, ...) and
-the most expensive single operations with the model code they came from (HLO op_name).
+the most expensive single operations with the model code they came from (HLO op_name), and
+the time per model part (attention core, MLP, LayerNorm, dropout, head, ...; forward and
+backward apart).
 Durations are per step; thunks can run concurrently on the CPU's threads, so the sum can
 exceed the step's wall time. On a GPU the times are the kernels' own (CUPTI activity on the
 device's streams, from the profiler's XSpace), keyed by the HLO operation that launched them,
@@ -58,11 +60,14 @@ def op_times(trace_dir: str, steps: int) -> dict[str, float]:
     return dict(total)
 
 
-def gpu_op_times(trace_dir: str, steps: int) -> tuple[dict[str, float], list[dict]]:
-    """Milliseconds per step of each HLO op's kernels on the GPU, and the raw events.
+def gpu_op_times(trace_dir: str, steps: int, known: set[str]) -> tuple[dict[str, float], list]:
+    """Milliseconds per step of each GPU kernel, keyed by its HLO op where known; raw events.
 
     Reads the XSpace with ``jax.profiler.ProfileData``; only the device planes' stream lines
-    count (the derived "XLA Ops"/"XLA Modules" lines repeat the same time).
+    count (the derived "XLA Ops"/"XLA Modules" lines repeat the same time). Inside a CUDA
+    graph every kernel's ``hlo_op`` is the command buffer, so XLA's kernel names
+    (``loop_add_fusion_5`` for ``loop_add_fusion.5``) are matched to the HLO instead; library
+    kernels (cuBLAS ``nvjet_*``) keep their own names.
     """
     from jax.profiler import ProfileData  # noqa: PLC0415
 
@@ -81,9 +86,26 @@ def gpu_op_times(trace_dir: str, steps: int) -> tuple[dict[str, float], list[dic
                 raw.append({"line": line.name, "name": e.name, "ns": e.duration_ns,
                             "start_ns": e.start_ns, **stats})
                 if line.name.startswith("Stream"):
-                    op = str(stats.get("hlo_op") or e.name)
+                    hlo_op = str(stats.get("hlo_op", ""))
+                    dotted = re.sub(r"_(\d+)$", r".\1", e.name)
+                    op = hlo_op if hlo_op in known else dotted if dotted in known else e.name
                     total[op] += e.duration_ns / 1e6 / steps
     return dict(total), raw
+
+
+def region(op_name: str, op: str = "") -> str:
+    """The model part an HLO op came from, and whether it is forward or backward."""
+    if op.startswith("tlm_attention"):  # our Pallas kernels (tlm_jax/models/fused_attention.py)
+        return f"attention core {op.rsplit('_', 1)[-1]} (fused kernels)"
+    part = ("fwd", "bwd")["transpose(" in op_name]
+    for pattern, name in ((r"/attention/(qkv|out)/", "attention projections"),
+                          (r"/attention/", "attention core"), (r"Dropout", "dropout"),
+                          (r"norm", "layernorm"), (r"/mlp/", "mlp"),
+                          (r"mlm|word\.attend|lm_head", "head"), (r"embeddings", "embeddings"),
+                          (r"BertModel|GPT", "encoder other")):
+        if re.search(pattern, op_name):
+            return f"{name} {part}"
+    return "loss, optimizer, other" if op_name else "unattributed (library kernels)"
 
 
 def op_names(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -129,12 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         with jax.profiler.trace(d, create_perfetto_trace=not gpu):
             for _ in range(a.steps):
                 step()
+        hlo = ours["compiled"].as_text()
+        names = op_names(hlo)
         if gpu:
-            times, raw = gpu_op_times(d, a.steps)
+            times, raw = gpu_op_times(d, a.steps, set(names))
         else:
             times, raw = op_times(d, a.steps), []
-    hlo = ours["compiled"].as_text()
-    names = op_names(hlo)
     if gpu:  # kernels whose op is not in the HLO text (memcpy, cuDNN internals) keep their name
         names.update({op: ("", "") for op in times if op not in names})
     if a.out:
@@ -144,14 +166,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         with gzip.open(os.path.join(a.out, "events.json.gz"), "wt") as f:
             json.dump(raw, f)
     kinds: collections.Counter = collections.Counter()
+    regions: collections.Counter = collections.Counter()
     for op, ms in times.items():
         if op in names:
             kinds[kind(op)] += ms
+            regions[region(names[op][1], op)] += ms
     info = machine()
     where = f"device {jax.devices()[0].device_kind}" if gpu else "ops overlap on the threads"
     print(f"CPU: {info['cpu']} ({info['cores']} cores), jax {info['jax']}; {a.model} batch "
           f"{a.batch} seq {a.seq} {a.dtype}: {wall:.1f} ms/step untraced; per-op sum "
           f"{sum(kinds.values()):.1f} ms/step ({where})")
+    print("\nby model part (ms/step):")
+    for k, ms in regions.most_common():
+        print(f"  {ms:8.2f}  {k}")
     print("\nby kind (ms/step):")
     for k, ms in kinds.most_common(a.top):
         print(f"  {ms:8.2f}  {k}")

@@ -79,8 +79,11 @@ def test_attention_benchmark_compares_every_variant_with_ours() -> None:
     from benchmarks import attention
 
     res = attention.main(["--batch", "2", "--seq", "32", "--heads", "2", "--head-dim", "16",
-                          "--layers", "2", "--reps", "1", "--interpret"])
-    assert {"ours", "ours_dropout", "jax_xla", "fused", "fused_dropout"} <= set(res)
-    for name in ("jax_xla", "fused", "fused_dropout"):  # same math, same dropout masks
+                          "--layers", "2", "--reps", "1", "--interpret",
+                          "--fused-blocks", "16,16,4,4"])
+    assert {"ours", "ours_dropout", "jax_xla", "fused", "fused_dropout",
+            "fused[16,16,4,4]_dropout"} <= set(res)
+    # Same math, same dropout masks: every variant agrees with our XLA attention.
+    for name in ("jax_xla", "fused", "fused_dropout", "fused[16,16,4,4]_dropout"):
         assert res[name]["max_out_diff"] < 0.05 and res[name]["max_grad_diff"] < 0.05, name
     assert all(r["ms"] > 0 for r in res.values())

@@ -64,6 +64,21 @@ def test_agrees_with_the_xla_path_and_masked_keys_get_no_gradient() -> None:
     assert float(jnp.abs(d1[1, S - 21:, 1:].astype(jnp.float32)).max()) == 0.0
 
 
+def test_other_block_sizes_compute_the_same_and_bad_ones_are_refused() -> None:
+    qkv, valid, _, keep, g = _inputs(True, True)
+    outs = []
+    for blocks in (None, (16, 16, 4, 4), (64, 64, 8, 8)):  # 4 / 1 query blocks per program
+        f = lambda x, blocks=blocks: fused_attention(  # noqa: E731
+            x, valid, causal=True, keep=keep, keep_prob=0.9, interpret=True, blocks=blocks)
+        y, vjp = jax.vjp(f, qkv)
+        outs.append((np.asarray(y, np.float32), np.asarray(vjp(g.astype(BF16))[0], np.float32)))
+    for y, dx in outs[1:]:
+        np.testing.assert_allclose(y, outs[0][0], rtol=0, atol=1e-2)
+        np.testing.assert_allclose(dx, outs[0][1], rtol=0, atol=2e-2 * np.abs(outs[0][1]).max())
+    with pytest.raises(ValueError, match="powers of two"):
+        fused_attention(qkv, valid, interpret=True, blocks=(48, 32, 4, 8))
+
+
 def test_float32_input_gets_a_float32_gradient() -> None:
     qkv, valid, *_ = _inputs(False, False)
     x = qkv.astype(jnp.float32)

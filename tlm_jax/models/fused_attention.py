@@ -98,6 +98,21 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, valid_ref, *refs, scale: f
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
+# (forward query block, backward query block, forward warps, backward warps). Measured on an
+# H200 for BERT-base at 256 x 128 (benchmarks/RESULTS.md); other shapes/chips: sweep with
+# ``python -m benchmarks.attention --fused-blocks 64,32,4,8 --fused-blocks 128,64,8,8``.
+DEFAULT_BLOCKS = (64, 32, 4, 8)
+
+
+def _blocks(length: int, blocks: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
+    bq, bq_bwd, warps, warps_bwd = blocks or DEFAULT_BLOCKS
+    bq, bq_bwd = min(bq, length), min(bq_bwd, length)
+    if not all(_pow2(x) for x in (bq, bq_bwd, warps, warps_bwd)) or min(bq, bq_bwd) < 16:
+        raise ValueError(f"fused attention blocks {blocks}: query blocks must be powers of two "
+                         ">= 16 and warps powers of two")
+    return bq, bq_bwd, warps, warps_bwd
+
+
 def _params(interpret: bool, warps: int) -> dict:
     if interpret:
         return {"interpret": True}
@@ -107,10 +122,11 @@ def _params(interpret: bool, warps: int) -> dict:
 
 
 def _forward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: bool,
-             keep_prob: float, interpret: bool) -> tuple[jax.Array, jax.Array]:
+             keep_prob: float, interpret: bool, blocks: tuple | None
+             ) -> tuple[jax.Array, jax.Array]:
     b, length, _, h, d = qkv.shape
     flat = qkv.reshape(b, length, 3 * h * d)  # q, k, v of head j are column blocks j, h+j, 2h+j
-    bq = min(length, 64)
+    bq, _, warps, _ = _blocks(length, blocks)
     grid = (length // bq, b, h)
     specs = [pl.BlockSpec((None, bq, d), lambda i, n, j: (n, i, j)),
              pl.BlockSpec((None, length, d), lambda i, n, j: (n, 0, h + j)),
@@ -128,13 +144,15 @@ def _forward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: b
                    pl.BlockSpec((None, None, bq), lambda i, n, j: (n, j, i))],
         out_shape=[jax.ShapeDtypeStruct((b, length, h * d), qkv.dtype),
                    jax.ShapeDtypeStruct((b, h, length), F32)],
-        name="tlm_attention_fwd", **_params(interpret, 4))(*args)
+        name="tlm_attention_fwd", **_params(interpret, warps))(*args)
     return o.reshape(b, length, h, d), lse
 
 
 def _backward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, lse: jax.Array,
-              g: jax.Array, causal: bool, keep_prob: float, interpret: bool) -> jax.Array:
+              g: jax.Array, causal: bool, keep_prob: float, interpret: bool,
+              blocks: tuple | None) -> jax.Array:
     b, length, _, h, d = qkv.shape
+    _, bq, _, warps = _blocks(length, blocks)
     flat = qkv.reshape(b, length, 3 * h * d)
     block = pl.BlockSpec((None, length, d), lambda n, j: (n, 0, j))
     specs = [block,
@@ -147,32 +165,33 @@ def _backward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, lse: jax
     if keep is not None:
         specs.append(pl.BlockSpec((None, None, length, length), lambda n, j: (n, j, 0, 0)))
         args.append(keep)
-    kernel = partial(_bwd_kernel, scale=d ** -0.5, causal=causal, block_q=min(length, 32),
+    kernel = partial(_bwd_kernel, scale=d ** -0.5, causal=causal, block_q=bq,
                      keep_scale=None if keep is None else 1.0 / keep_prob)
     out = jax.ShapeDtypeStruct((b, length, h * d), qkv.dtype)
     dq, dk, dv = pl.pallas_call(
         kernel, grid=(b, h), in_specs=specs, out_specs=[block] * 3, out_shape=[out] * 3,
-        name="tlm_attention_bwd", **_params(interpret, 8))(*args)
+        name="tlm_attention_bwd", **_params(interpret, warps))(*args)
     return jnp.stack([x.reshape(b, length, h, d) for x in (dq, dk, dv)], axis=2)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _fused(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: bool,
-           keep_prob: float, dtype: Any, interpret: bool) -> jax.Array:
-    return _forward(qkv.astype(dtype), valid, keep, causal, keep_prob, interpret)[0]
+           keep_prob: float, dtype: Any, interpret: bool, blocks: tuple | None) -> jax.Array:
+    return _forward(qkv.astype(dtype), valid, keep, causal, keep_prob, interpret, blocks)[0]
 
 
 def _fused_fwd(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: bool,
-               keep_prob: float, dtype: Any, interpret: bool) -> tuple[jax.Array, tuple]:
+               keep_prob: float, dtype: Any, interpret: bool, blocks: tuple | None
+               ) -> tuple[jax.Array, tuple]:
     x = qkv.astype(dtype)
-    ctx, lse = _forward(x, valid, keep, causal, keep_prob, interpret)
+    ctx, lse = _forward(x, valid, keep, causal, keep_prob, interpret, blocks)
     return ctx, (x, valid, keep, lse, jnp.zeros((0,), qkv.dtype))
 
 
-def _fused_bwd(causal: bool, keep_prob: float, dtype: Any, interpret: bool, res: tuple,
-               g: jax.Array) -> tuple:
+def _fused_bwd(causal: bool, keep_prob: float, dtype: Any, interpret: bool,
+               blocks: tuple | None, res: tuple, g: jax.Array) -> tuple:
     x, valid, keep, lse, marker = res
-    dqkv = _backward(x, valid, keep, lse, g.astype(dtype), causal, keep_prob, interpret)
+    dqkv = _backward(x, valid, keep, lse, g.astype(dtype), causal, keep_prob, interpret, blocks)
     return dqkv.astype(marker.dtype), None, None
 
 
@@ -181,7 +200,8 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def fused_attention(qkv: jax.Array, key_valid: jax.Array, *, causal: bool = False,
                     keep: jax.Array | None = None, keep_prob: float = 1.0,
-                    dtype: Any = jnp.bfloat16, interpret: bool = False) -> jax.Array:
+                    dtype: Any = jnp.bfloat16, interpret: bool = False,
+                    blocks: tuple[int, int, int, int] | None = None) -> jax.Array:
     """Softmax attention of ``qkv [batch, length, 3, heads, head_dim]`` in fused kernels.
 
     The same computation as :func:`tlm_jax.models.attention.attention` with
@@ -195,6 +215,8 @@ def fused_attention(qkv: jax.Array, key_valid: jax.Array, *, causal: bool = Fals
         keep_prob: the keep probability the kept probabilities are divided by.
         dtype: compute dtype (bf16 or f16; accumulation and softmax are f32).
         interpret: run the kernels in Pallas's interpreter (any backend; slow).
+        blocks: ``(forward query block, backward query block, forward warps, backward
+            warps)``; default :data:`DEFAULT_BLOCKS`.
 
     Returns:
         The context ``[batch, length, heads, head_dim]`` in ``dtype``.
@@ -210,5 +232,6 @@ def fused_attention(qkv: jax.Array, key_valid: jax.Array, *, causal: bool = Fals
         raise ValueError(f"key_valid must be [batch, length] = {(b, length)}, "
                          f"got {key_valid.shape}")
     keep8 = None if keep is None else keep.astype(jnp.uint8)
+    blocks = _blocks(length, None if blocks is None else tuple(blocks))
     return _fused(qkv, key_valid.astype(jnp.int32), keep8, bool(causal), float(keep_prob),
-                  jnp.dtype(dtype), bool(interpret))
+                  jnp.dtype(dtype), bool(interpret), blocks)
