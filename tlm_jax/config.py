@@ -97,9 +97,10 @@ class ModelConfig:
     activation: str = "gelu"  # gelu (exact erf, as BERT) | gelu_tanh | relu
     layer_norm_eps: float = 1e-12
     # Scores/softmax/context: xla (any backend) | fused (Pallas kernels for short sequences,
-    # tlm_jax/models/fused_attention.py; GPU, elsewhere its slow interpreter) | auto (fused
-    # where measured faster: an encoder on a GPU in bf16 with a power-of-two length <= 256;
-    # 1.10-1.15x BERT-base's H200 step; xla everywhere else).
+    # tlm_jax/models/fused_attention.py; GPU, elsewhere its slow interpreter; on a mesh each
+    # device runs them on its batch/head shard) | auto (fused where measured faster: an
+    # encoder on a GPU in bf16 with a power-of-two length <= 256; 1.10-1.15x BERT-base's
+    # H200 step; xla everywhere else).
     attention_impl: str = "auto"
     # Encoder LayerNorm placement: post (BERT, HF-compatible) | pre (x + f(LN(x)), a final LN;
     # trains stably at higher learning rates, which short CPU budgets need).
