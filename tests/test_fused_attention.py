@@ -107,7 +107,7 @@ def test_auto_picks_fused_only_on_a_gpu() -> None:
 @pytest.mark.parametrize("arch", ["bert", "gpt"])
 def test_model_trains_the_same_with_either_attention(arch: str) -> None:
     """A bf16 model with dropout: same loss and gradients from model.attention_impl=fused."""
-    cfg = ModelConfig(arch=arch, vocab_size=97, hidden=32, layers=2, heads=2, intermediate=64,
+    cfg = ModelConfig(arch=arch, vocab_size=97, hidden=32, layers=1, heads=2, intermediate=64,
                       max_len=32, dtype="bfloat16", dropout=0.1, attention_dropout=0.1)
     ids = jax.random.randint(jax.random.key(0), (2, 32), 5, 97)
     mask = jnp.ones((2, 32), jnp.int32).at[1, 20:].set(0)
@@ -135,7 +135,7 @@ def test_training_on_a_mesh_or_pmap_matches_one_device() -> None:
     from tlm_jax.config import load_config
     from tlm_jax.train.loop import build_run, run_steps
 
-    base = ["model.hidden=64", "model.layers=2", "model.heads=4", "model.intermediate=64",
+    base = ["model.hidden=64", "model.layers=1", "model.heads=4", "model.intermediate=64",
             "model.max_len=32", "data.max_len=32", "model.dtype=bfloat16",
             "data.synthetic_docs=400", "data.vocab_size=1000", "train.batch_size=16",
             "optim.warmup_steps=2", "optim.lr=3e-3"]
@@ -143,13 +143,11 @@ def test_training_on_a_mesh_or_pmap_matches_one_device() -> None:
     def losses(overrides: list[str], devices=None, pmap: bool = False) -> np.ndarray:
         run = build_run(load_config(None, [*base, *overrides]), log=lambda _: None,
                         devices=devices)
-        return np.array([m["loss"] for m in run_steps(run, 3, pmap=pmap)])
+        return np.array([m["loss"] for m in run_steps(run, 2, pmap=pmap)])
 
     one = losses(["mesh.data=1", "model.attention_impl=fused"], jax.devices()[:1])
     mesh = losses(["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "model.attention_impl=fused"])
-    xla = losses(["mesh.data=1", "model.attention_impl=xla"], jax.devices()[:1])
     np.testing.assert_allclose(mesh, one, rtol=1e-3)
-    np.testing.assert_allclose(one, xla, rtol=1e-2)  # bf16: the two attentions round apart
     # Under pmap each device runs the kernels on its own batch shard (no mesh, no shard_map).
     pmapped = losses(["train.parallel=pmap", "model.attention_impl=fused"], pmap=True)
     np.testing.assert_allclose(pmapped, one, rtol=1e-2)
