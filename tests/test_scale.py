@@ -93,3 +93,28 @@ def test_gpt_decoder_mesh_matches_one_device() -> None:
     got = _gpt_losses(["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
     np.testing.assert_allclose(got, ref, rtol=2e-4)  # f32; reduction order differs per layout
     assert got[-1] < got[0]
+
+
+def test_per_shard_runs_fn_on_each_devices_shard() -> None:
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
+    seen: list[tuple[int, ...]] = []
+
+    def fn(x):
+        seen.append(x.shape)  # traced once, with the shard's shape
+        return x * 2
+
+    axes = ("batch", "heads", "kv")
+    x = jnp.arange(8 * 4 * 6, dtype=jnp.float32).reshape(8, 4, 6)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        y = jax.jit(shd.per_shard(fn, [axes], axes))(x)
+        assert seen == [(2, 2, 6)]  # batch over data x fsdp = 4, heads over tensor = 2
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x) * 2)
+        seen.clear()
+        jax.jit(shd.per_shard(fn, [axes], axes))(x[:3])  # 3 examples do not split 4 ways
+        assert seen == [(3, 4, 6)]
+    seen.clear()
+    shd.per_shard(fn, [axes], axes)(x)  # no mesh: fn itself
+    assert seen == [(8, 4, 6)]

@@ -163,6 +163,32 @@ def shard_bytes(abstract: Any, shardings: Any) -> dict[str, float]:
     return {"per_device": per_device, "total": total}
 
 
+def per_shard(fn: Any, in_axes: Sequence[tuple[str | None, ...]],
+              out_axes: tuple[str | None, ...]) -> Any:
+    """``fn`` run by each device on its shard, the shards named by logical axes.
+
+    For computations XLA cannot partition itself (a Pallas kernel) that are independent along
+    the sharded axes. Under ``jax.jit`` on a mesh (``jax.set_mesh``) this is ``jax.shard_map``
+    with the partition specs the logical-axis rules give ``in_axes`` (one tuple per argument)
+    and ``out_axes``. Without a mesh (one device, or inside pmap), or where an argument does
+    not split evenly (a one-example initialisation batch), it is ``fn`` itself.
+    """
+    def call(*args: Any) -> Any:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or mesh.size == 1:
+            return fn(*args)
+        specs = [nn.logical_to_mesh_axes(a) for a in in_axes]
+        for arg, spec in zip(args, specs, strict=True):
+            for dim, axes in zip(arg.shape, spec, strict=False):
+                names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+                if dim % math.prod(mesh.shape[n] for n in names):
+                    return fn(*args)
+        return jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs),
+                             out_specs=nn.logical_to_mesh_axes(out_axes), check_vma=False)(*args)
+
+    return call
+
+
 def unbox(tree: Any) -> Any:
     """Strip ``nn.LogicallyPartitioned`` boxes without adding sharding constraints."""
     return jax.tree.map(

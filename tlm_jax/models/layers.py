@@ -9,7 +9,6 @@ f32, and on accelerators f32 accumulation is what one wants anyway.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from tlm_jax.models.attention import attention
 from tlm_jax.models.dropout import keep_mask, keep_probability
 from tlm_jax.models.fused_attention import fused_attention
 from tlm_jax.models.fused_attention import supported as fused_supported
+from tlm_jax.sharding import per_shard
 
 Dtype = Any
 
@@ -203,40 +203,6 @@ def use_fused_attention(impl: str, length: int, head_dim: int, dtype: Dtype,
             and fused_supported(length, head_dim, dtype))
 
 
-def fused_attention_in_mesh(qkv: jax.Array, mask: jax.Array, keep: jax.Array | None,
-                            **kw: Any) -> jax.Array:
-    """:func:`fused_attention` on each device's shard of the batch and heads.
-
-    XLA cannot partition a Pallas kernel: under ``jax.jit`` on a mesh (``jax.set_mesh``) the
-    kernels run inside ``jax.shard_map`` over the mesh axes that the logical-axis rules give
-    ``batch`` and ``heads``; attention is independent per example and per head, so each device
-    computes exactly its part. Without a mesh (one device, or under pmap) it is a plain call.
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    batch, heads = (nn.logical_to_mesh_axes((name,))[0] for name in ("batch", "heads"))
-
-    def ways(axes: Any) -> int:
-        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        return math.prod(mesh.shape[n] for n in names)
-
-    # A shape that does not split (a 1-example initialisation batch) runs whole.
-    if (mesh.empty or mesh.size == 1 or qkv.shape[0] % ways(batch)
-            or qkv.shape[3] % ways(heads)):
-        return fused_attention(qkv, mask, keep=keep, **kw)
-    spec = jax.sharding.PartitionSpec
-    in_specs = [spec(batch, None, None, heads, None), spec(batch, None)]
-    args = [qkv, mask]
-    if keep is not None:
-        in_specs.append(spec(batch, heads, None, None))
-        args.append(keep)
-
-    def local(qkv: jax.Array, mask: jax.Array, *keep: jax.Array) -> jax.Array:
-        return fused_attention(qkv, mask, keep=keep[0] if keep else None, **kw)
-
-    return jax.shard_map(local, mesh=mesh, in_specs=tuple(in_specs),
-                         out_specs=spec(batch, None, heads, None), check_vma=False)(*args)
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection.
 
@@ -269,9 +235,18 @@ class SelfAttention(nn.Module):
             keep_prob = keep_probability(self.dropout)
         # mask: [batch, key] validity (padding); causal adds the triangle.
         if use_fused_attention(self.impl, x.shape[1], self.head_dim, self.dtype, self.causal):
-            ctx = fused_attention_in_mesh(qkv, mask, keep, causal=self.causal,
-                                          keep_prob=keep_prob, dtype=self.dtype,
-                                          interpret=jax.default_backend() != "gpu")
+            def fused(qkv: jax.Array, mask: jax.Array, *keep: jax.Array) -> jax.Array:
+                return fused_attention(qkv, mask, keep=keep[0] if keep else None,
+                                       causal=self.causal, keep_prob=keep_prob,
+                                       dtype=self.dtype, interpret=jax.default_backend() != "gpu")
+
+            # XLA cannot partition a Pallas kernel: on a mesh each device runs it on its own
+            # batch and head shard (attention is independent across both).
+            args, axes = [qkv, mask], [("batch", "length", None, "heads", "kv"), ("batch", "length")]
+            if keep is not None:
+                args.append(keep)
+                axes.append(("batch", "heads", None, None))
+            ctx = per_shard(fused, axes, ("batch", "length", "heads", "kv"))(*args)
         else:
             allowed = mask[:, None, None, :].astype(bool)
             if self.causal:
