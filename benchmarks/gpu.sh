@@ -30,9 +30,11 @@ bench() {
 # the same step with XLA's attention, timed round-robin with it.
 bench base_b256_l128_peer "${LIMIT_PEER:-330}" --batch 256 --seq 128 --steps 20 --warmup 3 \
   --peer torch --variant xla:model.attention_impl=xla
-# Attention alone: the fused kernels, our XLA attention, jax.nn's and cuDNN's, 12 blocks a call.
-timeout "${LIMIT_ATTENTION:-100}" "$py" -m benchmarks.attention --reps 10 2>&1 \
-  | tee "$out/attention_b256_l128.log"
+# Attention alone: the fused kernels (default blocks, and a sweep of the query blocks and
+# warps: the backward kernel has never been tuned), our XLA attention, jax.nn's and cuDNN's.
+timeout "${LIMIT_ATTENTION:-150}" "$py" -m benchmarks.attention --reps 10 \
+  --fused-blocks 64,64,4,8 --fused-blocks 64,16,4,4 --fused-blocks 128,32,8,8 \
+  --fused-blocks 128,64,8,8 --fused-blocks 32,32,4,4 2>&1 | tee "$out/attention_b256_l128.log"
 # Where the step's time goes (mask / forward / backward / optimizer).
 timeout "${LIMIT_BREAKDOWN:-170}" "$py" -m benchmarks.step_breakdown --model base --vocab 30522 \
   --batch 256 --seq 128 --dtype bf16 --steps 10 2>&1 | tee "$out/base_b256_l128_breakdown.log"
