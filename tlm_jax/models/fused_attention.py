@@ -98,9 +98,9 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, valid_ref, *refs, scale: f
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-# (forward query block, backward query block, forward warps, backward warps). Measured on an
-# H200 for BERT-base at 256 x 128 (benchmarks/RESULTS.md); other shapes/chips: sweep with
-# ``python -m benchmarks.attention --fused-blocks 64,32,4,8 --fused-blocks 128,64,8,8``.
+# (forward query block, backward query block, forward warps, backward warps): the blocks the
+# H200 step was measured with (BERT-base at 256 x 128, benchmarks/RESULTS.md), a first choice
+# and not yet tuned; sweep with ``python -m benchmarks.attention --fused-blocks 64,32,4,8 ...``.
 DEFAULT_BLOCKS = (64, 32, 4, 8)
 
 
