@@ -47,13 +47,12 @@ def variants(b: int, s: int, h: int, d: int, gpu: bool, interpret: bool,
     def allowed(lengths: jax.Array) -> jax.Array:
         return (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, :]
 
-    def ours(qkv: jax.Array, lengths: jax.Array, key: jax.Array) -> jax.Array:
-        return attention(qkv, allowed(lengths), dtype=jnp.bfloat16)
-
-    def ours_dropout(qkv: jax.Array, lengths: jax.Array, key: jax.Array) -> jax.Array:
-        keep = keep_mask(key, (b, h, s, s), rate)
-        return attention(qkv, allowed(lengths), keep=keep, keep_prob=keep_probability(rate),
-                         dtype=jnp.bfloat16)
+    def ours(rate_: float):
+        def f(qkv: jax.Array, lengths: jax.Array, key: jax.Array) -> jax.Array:
+            keep = keep_mask(key, (b, h, s, s), rate_) if rate_ else None
+            return attention(qkv, allowed(lengths), keep=keep,
+                             keep_prob=keep_probability(rate_), dtype=jnp.bfloat16)
+        return f
 
     def jax_nn(impl: str):
         def f(qkv: jax.Array, lengths: jax.Array, key: jax.Array) -> jax.Array:
@@ -74,7 +73,7 @@ def variants(b: int, s: int, h: int, d: int, gpu: bool, interpret: bool,
                                    interpret=not gpu, blocks=blk)
         return f
 
-    out = {"ours": ours, "ours_dropout": ours_dropout, "jax_xla": jax_nn("xla")}
+    out = {"ours": ours(0.0), "ours_dropout": ours(rate), "jax_xla": jax_nn("xla")}
     if gpu or interpret:
         out["fused"] = fused(0.0)
         out["fused_dropout"] = fused(rate)
