@@ -11,8 +11,9 @@ the time per model part (attention core, MLP, LayerNorm, dropout, head, ...; for
 backward apart).
 Durations are per step; thunks can run concurrently on the CPU's threads, so the sum can
 exceed the step's wall time. On a GPU the times are the kernels' own (CUPTI activity on the
-device's streams, from the profiler's XSpace), keyed by the HLO operation that launched them,
-and "busy" is their sum per step (the rest of the step is launch gaps and host work).
+device's streams, from the profiler's XSpace), matched to the HLO operation by kernel name;
+their per-step sum is printed beside the wall time (the difference is launch gaps and host
+work).
 ``--out DIR`` keeps the raw per-event table (``events.json.gz``) and the compiled HLO text for
 offline study. This is how the bias-gradient reduce-window, the QKV slice
 transposes and the argmax over the vocabulary were found (tlm_jax/models/attention.py,

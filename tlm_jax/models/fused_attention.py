@@ -122,11 +122,11 @@ def _params(interpret: bool, warps: int) -> dict:
 
 
 def _forward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: bool,
-             keep_prob: float, interpret: bool, blocks: tuple | None
+             keep_prob: float, interpret: bool, blocks: tuple[int, int, int, int]
              ) -> tuple[jax.Array, jax.Array]:
     b, length, _, h, d = qkv.shape
     flat = qkv.reshape(b, length, 3 * h * d)  # q, k, v of head j are column blocks j, h+j, 2h+j
-    bq, _, warps, _ = _blocks(length, blocks)
+    bq, _, warps, _ = blocks
     grid = (length // bq, b, h)
     specs = [pl.BlockSpec((None, bq, d), lambda i, n, j: (n, i, j)),
              pl.BlockSpec((None, length, d), lambda i, n, j: (n, 0, h + j)),
@@ -150,9 +150,9 @@ def _forward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: b
 
 def _backward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, lse: jax.Array,
               g: jax.Array, causal: bool, keep_prob: float, interpret: bool,
-              blocks: tuple | None) -> jax.Array:
+              blocks: tuple[int, int, int, int]) -> jax.Array:
     b, length, _, h, d = qkv.shape
-    _, bq, _, warps = _blocks(length, blocks)
+    _, bq, _, warps = blocks
     flat = qkv.reshape(b, length, 3 * h * d)
     block = pl.BlockSpec((None, length, d), lambda n, j: (n, 0, j))
     specs = [block,
@@ -176,12 +176,12 @@ def _backward(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, lse: jax
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _fused(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: bool,
-           keep_prob: float, dtype: Any, interpret: bool, blocks: tuple | None) -> jax.Array:
+           keep_prob: float, dtype: Any, interpret: bool, blocks: tuple) -> jax.Array:
     return _forward(qkv.astype(dtype), valid, keep, causal, keep_prob, interpret, blocks)[0]
 
 
 def _fused_fwd(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal: bool,
-               keep_prob: float, dtype: Any, interpret: bool, blocks: tuple | None
+               keep_prob: float, dtype: Any, interpret: bool, blocks: tuple
                ) -> tuple[jax.Array, tuple]:
     x = qkv.astype(dtype)
     ctx, lse = _forward(x, valid, keep, causal, keep_prob, interpret, blocks)
@@ -189,7 +189,7 @@ def _fused_fwd(qkv: jax.Array, valid: jax.Array, keep: jax.Array | None, causal:
 
 
 def _fused_bwd(causal: bool, keep_prob: float, dtype: Any, interpret: bool,
-               blocks: tuple | None, res: tuple, g: jax.Array) -> tuple:
+               blocks: tuple, res: tuple, g: jax.Array) -> tuple:
     x, valid, keep, lse, marker = res
     dqkv = _backward(x, valid, keep, lse, g.astype(dtype), causal, keep_prob, interpret, blocks)
     return dqkv.astype(marker.dtype), None, None
@@ -232,6 +232,6 @@ def fused_attention(qkv: jax.Array, key_valid: jax.Array, *, causal: bool = Fals
         raise ValueError(f"key_valid must be [batch, length] = {(b, length)}, "
                          f"got {key_valid.shape}")
     keep8 = None if keep is None else keep.astype(jnp.uint8)
-    blocks = _blocks(length, None if blocks is None else tuple(blocks))
+    blocks = _blocks(length, None if blocks is None else tuple(blocks))  # checked once, here
     return _fused(qkv, key_valid.astype(jnp.int32), keep8, bool(causal), float(keep_prob),
                   jnp.dtype(dtype), bool(interpret), blocks)
