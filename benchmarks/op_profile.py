@@ -14,10 +14,10 @@ exceed the step's wall time. On a GPU the times are the kernels' own (CUPTI acti
 device's streams, from the profiler's XSpace), matched to the HLO operation by kernel name;
 their per-step sum is printed beside the wall time (the difference is launch gaps and host
 work).
-``--out DIR`` keeps the raw per-event table (``events.json.gz``) and the compiled HLO text for
-offline study. This is how the bias-gradient reduce-window, the QKV slice
-transposes and the argmax over the vocabulary were found (tlm_jax/models/attention.py,
-layers.Dense, objectives.base.cross_entropy_terms).
+``--out DIR`` keeps the raw per-event table (``events.json.gz``; on a CPU, ms per step of each
+op with its shape and model op) and the compiled HLO text for offline study. This is how the
+bias-gradient reduce-window, the QKV slice transposes and the argmax over the vocabulary
+were found (tlm_jax/models/attention.py, layers.Dense, objectives.base.cross_entropy_terms).
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if gpu:
             times, raw = gpu_op_times(d, a.steps, set(names))
         else:
-            times, raw = op_times(d, a.steps), []
+            times = op_times(d, a.steps)
+            raw = [{"name": op, "ms": ms, "shape": names.get(op, ("", ""))[0],
+                    "op_name": names.get(op, ("", ""))[1]} for op, ms in times.items()]
     if gpu:  # kernels whose op is not in the HLO text (memcpy, cuDNN internals) keep their name
         names.update({op: ("", "") for op in times if op not in names})
     if a.out:

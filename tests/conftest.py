@@ -8,8 +8,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# Test programs are tiny, so XLA's compile time dominates the suite: LLVM at -O0 cuts a
+# heavy end-to-end test by ~25 % (94.7 -> 70.2 s for two of them) and changes no semantics
+# (optimisation level, not fast-math). ``TLM_TEST_FAST_COMPILE=0`` compiles as users do.
+COMPILE_FLAGS = ("" if os.environ.get("TLM_TEST_FAST_COMPILE", "1") == "0"
+                 else "--xla_backend_optimization_level=0")
+
+
+def xla_flags(devices: int) -> str:
+    """``XLA_FLAGS`` for a test process with ``devices`` forced CPU devices."""
+    return f"--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}".strip()
+
+
 # Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TLM_CACHE_DIR", tempfile.mkdtemp(prefix="tlm-test-cache-"))
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -53,7 +65,7 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory):
 def cli_env(devices: int = 1) -> dict[str, str]:
     """Environment for a ``tlm`` subprocess with ``devices`` CPU devices."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -50,7 +50,8 @@ def test_step_breakdown_attributes_the_step() -> None:
 
 
 def test_op_profile_attributes_time_to_xla_ops() -> None:
-    # A fresh process: the per-op trace events need an XLA flag set before JAX starts.
+    # A fresh process: the per-op trace events need an XLA flag set before JAX starts. It
+    # compiles as users do (no test compile flags): the profile is of the optimised program.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-m", "benchmarks.op_profile", "--model", "tiny",
                           "--batch", "4", "--seq", "32", "--steps", "1", "--top", "5"],

@@ -7,7 +7,7 @@ import os
 
 import nbformat
 import pytest
-from conftest import REPO
+from conftest import REPO, xla_flags
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
@@ -30,7 +30,7 @@ def test_notebooks_are_generated() -> None:
 def test_notebook_runs(path, tmp_path, monkeypatch) -> None:
     # The kernel inherits this environment: small settings, 1 CPU device, no GUI backend.
     monkeypatch.setenv("TLM_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     nb = nbformat.read(path, as_version=4)
