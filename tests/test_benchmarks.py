@@ -88,3 +88,18 @@ def test_attention_benchmark_compares_every_variant_with_ours() -> None:
     for name in ("jax_xla", "fused", "fused_dropout", "fused[16,16,4,4]_dropout"):
         assert res[name]["max_out_diff"] < 0.05 and res[name]["max_grad_diff"] < 0.05, name
     assert all(r["ms"] > 0 for r in res.values())
+
+
+def test_inference_compares_ours_with_whole_and_chunked_torch() -> None:
+    pytest.importorskip("transformers")
+    from benchmarks import inference
+
+    res = inference.main(["--models", "bert-1-cpu", "--batches", "1,16", "--reps", "1",
+                          "--full", "--json"])
+    one, sixteen = res["rows"]
+    assert (one["model"], one["batch"], sixteen["batch"]) == ("bert-1-cpu", 1, 16)
+    assert "torch_chunks_ms" not in one  # nothing to chunk at batch 1
+    assert sixteen["torch_chunks_ms"] > 0  # 8-row chunks at length 128 on a CPU
+    for row in res["rows"]:
+        assert row["ours_ms"] > 0 and row["ours_full_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["fastest_torch_ms"] / row["ours_ms"])

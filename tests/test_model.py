@@ -129,3 +129,30 @@ def test_gelu_matches_the_erf_formula_and_its_derivative() -> None:
     xb = x.astype(jnp.bfloat16)  # bf16 in, bf16 out and bf16 gradient, computed in f32
     assert gelu_erf(xb).dtype == jnp.bfloat16
     assert jax.grad(lambda v: gelu_erf(v).astype(jnp.float32).sum())(xb).dtype == jnp.bfloat16
+
+
+def test_prefix_encode_equals_the_leading_rows_and_the_classifier_uses_it() -> None:
+    """encode(prefix=n) == encode()[:, :n] (post-LN, pre-LN, conv front-end, one layer)."""
+    from tlm_jax.models.classifier import SequenceClassifier
+
+    x = {k: v for k, v in _inputs().items() if k != "masked_positions"}
+    conv = dict(conv_blocks=1, conv_channels=4, conv_kernel=[3, 3])
+    for extra in ({}, {"norm": "pre"}, conv, {"layers": 1}):
+        cfg = dataclasses.replace(CFG, **extra)
+        model = build_model(cfg)
+        variables = unbox(init_variables(model, jax.random.PRNGKey(2), 16))
+        full = model.apply(variables, x, method=model.encode)
+        for n in (1, 5):
+            part = model.apply(variables, x, method=model.encode, prefix=n)
+            assert part.shape == (3, n, cfg.hidden)
+            np.testing.assert_allclose(np.asarray(part), np.asarray(full[:, :n]), atol=2e-6,
+                                       err_msg=str(extra))
+    # The [CLS] classifier computes its last layer at [CLS] only, with the same logits.
+    clf = SequenceClassifier(CFG, 3)
+    v = unbox(clf.init(jax.random.PRNGKey(3), x))
+    logits = clf.apply(v, x)["class_logits"]
+    ref = clf.apply(v, x, method=lambda m, x: m.classifier(m.encoder.encode(x)[:, 0]))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=2e-6)
+    # Its jaxpr at [CLS]: the MLP's first matmul of the last layer sees 1 row per sequence.
+    jaxpr = str(jax.make_jaxpr(lambda v: clf.apply(v, x))(v))
+    assert f"f32[3,1,{CFG.intermediate}]" in jaxpr

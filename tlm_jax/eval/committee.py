@@ -86,10 +86,13 @@ def measure_latency(model_cfgs: dict[str, tuple[Any, int]], num_classes: int, le
     """
     import jax  # noqa: PLC0415
 
+    from tlm_jax.models.batching import default_chunk_rows, map_in_chunks  # noqa: PLC0415
     from tlm_jax.models.classifier import SequenceClassifier  # noqa: PLC0415
     from tlm_jax.sharding import unbox  # noqa: PLC0415
 
     out: dict[str, dict[str, Any]] = {}
+    # On a CPU large batches run in cache-sized row chunks (tlm_jax/models/batching.py).
+    rows = default_chunk_rows(length)
     for name, (mcfg, copies) in model_cfgs.items():
         model = SequenceClassifier(mcfg, num_classes)
         ids0 = np.ones((1, length), np.int32)
@@ -99,7 +102,7 @@ def measure_latency(model_cfgs: dict[str, tuple[Any, int]], num_classes: int, le
         def _fwd(v: Any, ids: Any, model: Any = model) -> Any:
             return model.apply(v, {"input_ids": ids, "attention_mask": ids > 0})["class_logits"]
 
-        fwd = jax.jit(_fwd)
+        fwd = jax.jit(lambda v, ids, _fwd=_fwd: map_in_chunks(lambda x: _fwd(v, x), rows)(ids))
         res: dict[str, Any] = {}
         for b in batches:
             ids = np.random.default_rng(0).integers(5, mcfg.vocab_size, (b, length)).astype(

@@ -33,7 +33,9 @@ class EncoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
+                 queries: int | None = None) -> jax.Array:
+        """The layer's output; with ``queries``, only its first ``queries`` positions."""
         c = self.cfg
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         head_dim = c.head_dim or c.hidden // c.heads
@@ -45,11 +47,14 @@ class EncoderLayer(nn.Module):
                   name="mlp")
         mlp_norm = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")
         drop = Dropout(c.dropout)
+        head = x if queries is None else x[:, :queries]  # the residual stream kept
         if c.norm == "pre":
-            x = x + drop(attn(attn_norm(x), mask, deterministic), deterministic=deterministic)
+            x = head + drop(attn(attn_norm(x), mask, deterministic, queries),
+                            deterministic=deterministic)
             x = x + drop(mlp(mlp_norm(x)), deterministic=deterministic)
         else:
-            x = attn_norm(x + drop(attn(x, mask, deterministic), deterministic=deterministic))
+            x = attn_norm(head + drop(attn(x, mask, deterministic, queries),
+                                      deterministic=deterministic))
             x = mlp_norm(x + drop(mlp(x), deterministic=deterministic))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -132,8 +137,16 @@ class BertModel(nn.Module):
 
         return ConvFrontEnd(self.cfg)
 
-    def encode(self, inputs: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
-        """Hidden states ``[batch, length, hidden]``."""
+    def encode(self, inputs: dict[str, jax.Array], deterministic: bool = True,
+               prefix: int | None = None) -> jax.Array:
+        """Hidden states ``[batch, length, hidden]``; with ``prefix``, ``[batch, prefix, hidden]``.
+
+        ``prefix=n`` computes the last layer for the first ``n`` positions only (their keys
+        still span the sequence), which is all a [CLS] classifier reads: the last layer's
+        MLP, output projection and attention rows then run on ``n`` tokens, not ``length``.
+        The result equals ``encode(inputs)[:, :n]`` up to float rounding (with dropout on,
+        the masks are drawn for the smaller shapes, so they differ).
+        """
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:
@@ -145,8 +158,11 @@ class BertModel(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         if self.front is not None:
             x = self.front(x, deterministic)
-        for layer in self.encoder_layers:
-            x = layer(x, mask, deterministic)
+        last = len(self.encoder_layers) - 1
+        for i, layer in enumerate(self.encoder_layers):
+            x = layer(x, mask, deterministic, prefix if i == last else None)
+        if prefix is not None and last < 0:
+            x = x[:, :prefix]
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x

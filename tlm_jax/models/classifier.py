@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
+from tlm_jax.models.bert import BertModel
 from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import Dense, dtype_of
 
@@ -64,7 +65,14 @@ class SequenceClassifier(nn.Module):
         if mask is None:
             mask = jnp.ones_like(inputs["input_ids"])
         enc_inputs = {k: v for k, v in inputs.items() if k != "masked_positions"}
-        h = self.encoder.encode(enc_inputs, deterministic=deterministic or self.freeze_encoder)
+        frozen = deterministic or self.freeze_encoder
+        # [CLS] pooling reads one position: a BERT encoder computes its last layer there only
+        # when nothing random happens (inference, or a frozen encoder), so training keeps its
+        # dropout draws. Several times faster for BERT-1, ~1/6 less work for BERT-6.
+        if self.pooling == "cls" and frozen and isinstance(self.encoder, BertModel):
+            h = self.encoder.encode(enc_inputs, deterministic=True, prefix=1)
+        else:
+            h = self.encoder.encode(enc_inputs, deterministic=frozen)
         if self.freeze_encoder:
             h = jax.lax.stop_gradient(h)
         pooled = pool_hidden(h, mask, self.pooling)

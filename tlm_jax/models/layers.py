@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.models import precision
-from tlm_jax.models.attention import attention
+from tlm_jax.models.attention import attention, prefix_attention
 from tlm_jax.models.dropout import keep_mask, keep_probability
 from tlm_jax.models.fused_attention import fused_attention
 from tlm_jax.models.fused_attention import supported as fused_supported
@@ -221,7 +221,13 @@ class SelfAttention(nn.Module):
     impl: str = "auto"  # xla | fused | auto (model.attention_impl)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
+                 queries: int | None = None) -> jax.Array:
+        """Attention output ``[batch, length, hidden]``, or ``[batch, queries, hidden]``.
+
+        ``queries``: compute the output of the first ``queries`` positions only (each still
+        attends to every key); for a last layer read only at [CLS].
+        """
         hidden = x.shape[-1]
         init = nn.initializers.normal(self.init_std)
         qkv = projection(self.linear, (3, self.heads, self.head_dim),
@@ -231,10 +237,16 @@ class SelfAttention(nn.Module):
         keep, keep_prob = None, 1.0
         if self.dropout > 0 and not deterministic:
             b, s = qkv.shape[:2]
-            keep = keep_mask(self.make_rng("dropout"), (b, self.heads, s, s), self.dropout)
+            keep = keep_mask(self.make_rng("dropout"), (b, self.heads, queries or s, s),
+                             self.dropout)
             keep_prob = keep_probability(self.dropout)
         # mask: [batch, key] validity (padding); causal adds the triangle.
-        if use_fused_attention(self.impl, x.shape[1], self.head_dim, self.dtype, self.causal):
+        if queries is not None:
+            if self.causal:
+                raise ValueError("queries= is for a bidirectional encoder's leading positions")
+            ctx = prefix_attention(qkv, mask[:, None, None, :].astype(bool), queries, keep=keep,
+                                   keep_prob=keep_prob, dtype=self.dtype)
+        elif use_fused_attention(self.impl, x.shape[1], self.head_dim, self.dtype, self.causal):
             def fused(qkv: jax.Array, mask: jax.Array, *keep: jax.Array) -> jax.Array:
                 return fused_attention(qkv, mask, keep=keep[0] if keep else None,
                                        causal=self.causal, keep_prob=keep_prob,

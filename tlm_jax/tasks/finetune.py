@@ -527,6 +527,7 @@ def _compile(backbone: Backbone, cfg: FinetuneConfig, num_classes: int, length: 
 
     from tlm_jax import sharding as shd  # noqa: PLC0415
     from tlm_jax.models import apply_model  # noqa: PLC0415
+    from tlm_jax.models.batching import default_chunk_rows, map_in_chunks  # noqa: PLC0415
     from tlm_jax.models.classifier import SequenceClassifier  # noqa: PLC0415
     from tlm_jax.objectives.base import ObjectiveConfig  # noqa: PLC0415
     from tlm_jax.train.state import _boxed_state, state_shardings  # noqa: PLC0415
@@ -557,11 +558,18 @@ def _compile(backbone: Backbone, cfg: FinetuneConfig, num_classes: int, length: 
         train_step = jax.jit(step, in_shardings=(shardings, None),
                              out_shardings=(shardings, None), donate_argnums=0)
 
-        def _predict(params: Any, model_state: Any, ids: Any) -> Any:
+        def _logits(params: Any, model_state: Any, ids: Any) -> Any:
             inputs = {"input_ids": ids, "attention_mask": (ids != backbone.special.pad)}
             out, _ = apply_model(model, {"params": params, **model_state}, inputs, train=False,
                                  heads=("classify",))
             return out["class_logits"]
+
+        # On a CPU an eval batch runs in cache-sized row chunks (models/batching.py); only
+        # when the batch is not split over devices (a chunk would then cross the shards).
+        rows = default_chunk_rows(length) if mesh.shape["data"] * mesh.shape["fsdp"] == 1 else 0
+
+        def _predict(params: Any, model_state: Any, ids: Any) -> Any:
+            return map_in_chunks(lambda x: _logits(params, model_state, x), rows)(ids)
 
         predict = jax.jit(_predict, in_shardings=(shardings.params, shardings.model_state, None))
     compiled = Compiled(model, objective, tx, schedule, mesh, shardings, length, train_step,
