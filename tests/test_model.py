@@ -148,11 +148,26 @@ def test_prefix_encode_equals_the_leading_rows_and_the_classifier_uses_it() -> N
             np.testing.assert_allclose(np.asarray(part), np.asarray(full[:, :n]), atol=2e-6,
                                        err_msg=str(extra))
     # The [CLS] classifier computes its last layer at [CLS] only, with the same logits.
-    clf = SequenceClassifier(CFG, 3)
+    clf = SequenceClassifier(CFG, 3, dropout=0.0)
     v = unbox(clf.init(jax.random.PRNGKey(3), x))
     logits = clf.apply(v, x)["class_logits"]
     ref = clf.apply(v, x, method=lambda m, x: m.classifier(m.encoder.encode(x)[:, 0]))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=2e-6)
+    # Training too (CFG has no dropout, so the two paths are the same function): gradients.
+    def full(m, x):
+        return m.classifier(m.encoder.encode(x, deterministic=False)[:, 0])
+
+    def loss(params, whole: bool):
+        if whole:
+            out = clf.apply({"params": params}, x, method=full)
+        else:
+            out = clf.apply({"params": params}, x, deterministic=False)["class_logits"]
+        return (out.astype(jnp.float32) ** 2).sum()
+
+    g_full = jax.grad(loss)(v["params"], True)
+    g_prefix = jax.grad(loss)(v["params"], False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                         atol=2e-6), g_prefix, g_full)
     # Its jaxpr at [CLS]: the MLP's first matmul of the last layer sees 1 row per sequence.
     jaxpr = str(jax.make_jaxpr(lambda v: clf.apply(v, x))(v))
     assert f"f32[3,1,{CFG.intermediate}]" in jaxpr
