@@ -26,6 +26,22 @@ def test_chunks_equal_one_call_with_a_padded_remainder(rows: int) -> None:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_sharded_chunks_take_rows_from_every_shard(rows: int) -> None:
+    x = jnp.arange(20.0).reshape(10, 2)
+    seen = []
+
+    def fn(a: jax.Array) -> jax.Array:
+        seen.append(a.shape)
+        return a * 3.0
+
+    got = map_in_chunks(fn, rows, shards=2)(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(x) * 3.0)
+    assert seen == ([(2 * rows, 2)] if rows < 5 else [(10, 2)])
+    with pytest.raises(ValueError, match="not divisible by shards"):
+        map_in_chunks(fn, rows, shards=3)(x)
+
+
 def test_chunks_run_as_a_loop_of_the_chunk_shape() -> None:
     x = jnp.ones((12, 5))
     jaxpr = str(jax.make_jaxpr(map_in_chunks(lambda a: a.sum(-1), 4))(x))

@@ -174,6 +174,31 @@ def test_frozen_encoder_is_really_frozen(tiny_run, tmp_path) -> None:
     assert not np.allclose(before["classifier"]["kernel"], after["classifier"]["kernel"])
 
 
+def test_predict_in_cpu_row_chunks_matches_small_batches(tiny_run, tmp_path) -> None:
+    """A CPU eval batch runs in row chunks per device shard (models/batching.py): same logits."""
+    import flax.linen as nn
+
+    from tlm_jax import sharding as shd
+    from tlm_jax.models.batching import default_chunk_rows
+    from tlm_jax.tasks.finetune import _compile, predict_logits, resolve_backbone
+
+    cfg = _ft_cfg(_csv(tmp_path / "d.csv"))  # the batch split over 8 devices
+    bb = resolve_backbone(tiny_run, tokenizer_from=None, cfg=cfg)
+    comp = _compile(bb, cfg, 3, 16, 10)
+    assert comp.mesh.shape["data"] == 8 and default_chunk_rows(16) == 64
+    ids = np.random.default_rng(0).integers(5, 100, (100, 16)).astype(np.int32)
+    ids[:, 12:] = bb.special.pad
+    with jax.set_mesh(comp.mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        state = comp.init(jax.random.PRNGKey(0))
+        # 1,000 rows: 125 per device, two chunks of 64 rows each (the second one padded).
+        ids = np.concatenate([ids] * 11)[:1000]
+        chunked = predict_logits(comp, state.params, state.model_state, ids, 1024)
+        small = np.concatenate([predict_logits(comp, state.params, state.model_state,
+                                               ids[i:i + 200], 200) for i in range(0, 1000, 200)])
+    assert chunked.shape == (1000, 3)
+    np.testing.assert_allclose(chunked, small, rtol=1e-5, atol=1e-6)
+
+
 def test_early_stopping_resume_and_twin(tiny_run, tmp_path) -> None:
     # With lr 0 the validation metric never improves after the first check, so patience 1
     # stops at the second check, long before the 20-epoch budget.

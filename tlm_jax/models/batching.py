@@ -27,14 +27,19 @@ def default_chunk_rows(length: int, backend: str | None = None) -> int:
     return max(1, CPU_CHUNK_TOKENS // max(length, 1))
 
 
-def map_in_chunks(fn: Callable[..., Any], rows: int) -> Callable[..., Any]:
+def map_in_chunks(fn: Callable[..., Any], rows: int, shards: int = 1) -> Callable[..., Any]:
     """``fn`` over the leading (batch) axis of its array arguments, ``rows`` at a time.
 
     Every positional argument is an array (or a pytree of arrays) with the same leading
     size ``B``; ``fn`` must treat rows independently (an inference forward pass). The
     chunks run one after another under ``lax.map`` (one compiled body); a last partial
-    chunk is padded with copies of row 0 and its outputs dropped. ``rows <= 0`` or
-    ``rows >= B`` calls ``fn`` once on the whole batch. Traceable (use inside ``jax.jit``).
+    chunk is padded with copies of a real row and its outputs dropped. ``rows <= 0``, or
+    a chunk that would hold the whole batch, calls ``fn`` once.
+
+    ``shards``: the batch is split over that many devices (``B`` divisible by it); each
+    chunk then takes ``rows`` rows from every shard, so each device works through its own
+    rows in chunks instead of the chunks cutting across devices. Traceable (use inside
+    ``jax.jit``).
     """
 
     def chunked(*args: Any) -> Any:
@@ -45,17 +50,26 @@ def map_in_chunks(fn: Callable[..., Any], rows: int) -> Callable[..., Any]:
         if any(x.shape[:1] != (b,) for x in leaves):
             raise ValueError("map_in_chunks: every argument needs the same leading size, got "
                              f"{sorted({x.shape[:1] for x in leaves})}")
-        if rows <= 0 or rows >= b:
+        if b % shards:
+            raise ValueError(f"map_in_chunks: batch {b} is not divisible by shards={shards}")
+        per = b // shards
+        if rows <= 0 or rows >= per:
             return fn(*args)
-        n = -(-b // rows)
-        pad = n * rows - b
+        n = -(-per // rows)
+        pad = n * rows - per
 
         def split(x: jax.Array) -> jax.Array:
+            x = x.reshape(shards, per, *x.shape[1:])
             if pad:
-                x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)])
-            return x.reshape(n, rows, *x.shape[1:])
+                x = jnp.concatenate([x, jnp.repeat(x[:, :1], pad, axis=1)], axis=1)
+            x = x.reshape(shards, n, rows, *x.shape[2:]).swapaxes(0, 1)
+            return x.reshape(n, shards * rows, *x.shape[3:])
+
+        def join(y: jax.Array) -> jax.Array:
+            y = y.reshape(n, shards, rows, *y.shape[2:]).swapaxes(0, 1)
+            return y.reshape(shards, n * rows, *y.shape[3:])[:, :per].reshape(b, *y.shape[3:])
 
         out = jax.lax.map(lambda a: fn(*a), jax.tree.map(split, args))
-        return jax.tree.map(lambda y: y.reshape(n * rows, *y.shape[2:])[:b], out)
+        return jax.tree.map(join, out)
 
     return chunked

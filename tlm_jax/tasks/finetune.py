@@ -564,12 +564,12 @@ def _compile(backbone: Backbone, cfg: FinetuneConfig, num_classes: int, length: 
                                  heads=("classify",))
             return out["class_logits"]
 
-        # On a CPU an eval batch runs in cache-sized row chunks (models/batching.py); only
-        # when the batch is not split over devices (a chunk would then cross the shards).
-        rows = default_chunk_rows(length) if mesh.shape["data"] * mesh.shape["fsdp"] == 1 else 0
+        # On a CPU an eval batch runs in cache-sized row chunks (models/batching.py), each
+        # device through its own shard of the batch.
+        rows, shards = default_chunk_rows(length), mesh.shape["data"] * mesh.shape["fsdp"]
 
         def _predict(params: Any, model_state: Any, ids: Any) -> Any:
-            return map_in_chunks(lambda x: _logits(params, model_state, x), rows)(ids)
+            return map_in_chunks(lambda x: _logits(params, model_state, x), rows, shards)(ids)
 
         predict = jax.jit(_predict, in_shardings=(shardings.params, shardings.model_state, None))
     compiled = Compiled(model, objective, tx, schedule, mesh, shardings, length, train_step,
