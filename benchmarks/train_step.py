@@ -15,6 +15,9 @@ Model FLOPs per step (multiply-add = 2 FLOPs, backward = 2x forward):
   + 3 * layers * 4 * B * L^2 * H         attention scores + context (fwd 4BL^2H, x3 fwd+bwd)
 
 with N_enc = layers * (4 H^2 + 2 H F) and N_head = H^2 + V H, P = ceil(mask_rate * L).
+With ``model.mlm_last_layer=masked`` (the default) the last layer's output projection, MLP
+and attention rows run at the P masked positions only, and are counted so (its QKV
+projection still covers all B*L tokens); the torch peer computes that layer everywhere.
 Embedding lookups, LayerNorm, softmax, GELU, dropout and the optimizer are not counted
 (they are "useless" FLOPs for the MFU-style ratio). XLA's own cost analysis of the
 compiled step is printed next to it as a cross-check.
@@ -89,32 +92,46 @@ def build_ours(model: str, batch: int, seq: int, dtype: str, dropout: float = 0.
 
 
 def model_flops(layers: int, hidden: int, ff: int, vocab: int, batch: int, seq: int,
-                pred: int) -> dict[str, float]:
+                pred: int, masked_last: bool = False) -> dict[str, float]:
+    """The step's matmul FLOPs (module doc). ``masked_last``: the last layer's output
+    projection, MLP and attention rows at the ``pred`` masked positions only
+    (``model.mlm_last_layer=masked``); its QKV projection still covers every token."""
     t = batch * seq
-    n_enc = layers * (4 * hidden * hidden + 2 * hidden * ff)
+    n_qkv, n_rest = 3 * hidden * hidden, hidden * hidden + 2 * hidden * ff
     n_head = hidden * hidden + vocab * hidden
-    enc = 6.0 * n_enc * t
+    full = layers - 1 if masked_last else layers
+    last = batch * pred if masked_last else 0
+    enc = 6.0 * (layers * n_qkv * t + n_rest * (full * t + last))
     head = 6.0 * n_head * batch * pred
-    attn = 3.0 * layers * 4 * batch * seq * seq * hidden
+    attn = 3.0 * 4 * batch * seq * hidden * (full * seq + (pred if masked_last else 0))
     return {"encoder": enc, "head": head, "attention": attn, "total": enc + head + attn}
 
 
 # --------------------------------------------------------------------------- ceiling
 def matmul_shapes(layers: int, hidden: int, heads: int, ff: int, vocab: int, batch: int,
-                  seq: int, pred: int) -> list[tuple[int, int, int, int, int]]:
+                  seq: int, pred: int, masked_last: bool = False
+                  ) -> list[tuple[int, int, int, int, int]]:
     """(count, M, K, N, rows) per matmul kind of the step's forward.
 
     ``rows`` = 0: the count is one batched dot of small matmuls (attention: layers x batch x
     heads). Otherwise ``count`` separate matmuls (one per layer) whose [M, K] input is an
-    activation ``[rows, M / rows, K]`` (batch x length), as in the model.
+    activation ``[rows, M / rows, K]`` (batch x length), as in the model. ``masked_last``:
+    the last layer after its QKV projection runs at the ``pred`` masked positions only.
     """
     t, d = batch * seq, hidden // heads
-    return [
-        (layers, t, hidden, 3 * hidden, batch), (layers, t, hidden, hidden, batch),
-        (layers, t, hidden, ff, batch), (layers, t, ff, hidden, batch),
-        (layers * batch * heads, seq, d, seq, 0), (layers * batch * heads, seq, seq, d, 0),
-        (1, batch * pred, hidden, hidden, batch), (1, batch * pred, hidden, vocab, batch),
-    ]
+    full = layers - 1 if masked_last else layers
+    shapes = [(layers, t, hidden, 3 * hidden, batch)]
+    if full:
+        shapes += [(full, t, hidden, hidden, batch), (full, t, hidden, ff, batch),
+                   (full, t, ff, hidden, batch), (full * batch * heads, seq, d, seq, 0),
+                   (full * batch * heads, seq, seq, d, 0)]
+    if masked_last:
+        p = batch * pred
+        shapes += [(1, p, hidden, hidden, batch), (1, p, hidden, ff, batch),
+                   (1, p, ff, hidden, batch), (batch * heads, pred, d, seq, 0),
+                   (batch * heads, pred, seq, d, 0)]
+    return shapes + [(1, batch * pred, hidden, hidden, batch),
+                     (1, batch * pred, hidden, vocab, batch)]
 
 
 def ceiling_args(shapes: list[tuple[int, int, int, int, int]], dtype: str
@@ -281,10 +298,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       (*a.set, f"optim.grad_accum={accum}"), a.vocab)
     mc = ours["cfg"].model
     pred = ours["pred"]
-    fl = model_flops(mc.layers, mc.hidden, mc.intermediate, a.vocab, a.batch, a.seq, pred)
+    masked_last = mc.arch == "bert" and mc.mlm_last_layer == "masked"
+    fl = model_flops(mc.layers, mc.hidden, mc.intermediate, a.vocab, a.batch, a.seq, pred,
+                     masked_last)
     # The ceiling issues the step's own matmuls: microbatch shapes, `accum` times as many.
     shapes = [(c * accum, *rest) for c, *rest in matmul_shapes(
-        mc.layers, mc.hidden, mc.heads, mc.intermediate, a.vocab, a.batch // accum, a.seq, pred)]
+        mc.layers, mc.hidden, mc.heads, mc.intermediate, a.vocab, a.batch // accum, a.seq, pred,
+        masked_last)]
     fns: dict[str, Any] = {"ours": ours["step"]}
     for spec in a.variant:
         name, _, sets = spec.partition(":")

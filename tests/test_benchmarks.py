@@ -103,3 +103,16 @@ def test_inference_compares_ours_with_whole_and_chunked_torch() -> None:
     for row in res["rows"]:
         assert row["ours_ms"] > 0 and row["ours_full_ms"] > 0
         assert row["speedup"] == pytest.approx(row["fastest_torch_ms"] / row["ours_ms"])
+
+
+@pytest.mark.parametrize("masked_last", [False, True])
+def test_flop_formula_equals_the_ceilings_matmuls(masked_last: bool) -> None:
+    from benchmarks.train_step import matmul_shapes, model_flops
+
+    fl = model_flops(6, 256, 1024, 16384, 32, 128, 20, masked_last)
+    shapes = matmul_shapes(6, 256, 4, 1024, 16384, 32, 128, 20, masked_last)
+    assert sum(6.0 * c * m * k * n for c, m, k, n, _ in shapes) == pytest.approx(fl["total"])
+    # The masked last layer: 0.9 of the whole step's matmuls at this shape.
+    if masked_last:
+        full = model_flops(6, 256, 1024, 16384, 32, 128, 20)["total"]
+        assert 0.89 < fl["total"] / full < 0.91

@@ -40,6 +40,7 @@ def test_list_override_syntax() -> None:
     (["train.steps"], "not key=value"),
     (["model.hidden=100", "model.heads=3"], "not divisible"),
     (["data.subset=random"], "num_docs"),
+    (["model.mlm_last_layer=some"], "mlm_last_layer"),
 ])
 def test_bad_overrides_are_one_line_errors(overrides, needle) -> None:
     with pytest.raises(TLMError) as e:

@@ -171,3 +171,35 @@ def test_prefix_encode_equals_the_leading_rows_and_the_classifier_uses_it() -> N
     # Its jaxpr at [CLS]: the MLP's first matmul of the last layer sees 1 row per sequence.
     jaxpr = str(jax.make_jaxpr(lambda v: clf.apply(v, x))(v))
     assert f"f32[3,1,{CFG.intermediate}]" in jaxpr
+
+
+def test_mlm_last_layer_at_masked_positions_matches_the_whole_layer() -> None:
+    """model.mlm_last_layer=masked: same MLM logits and gradients as =all (no dropout)."""
+    x = _inputs()
+    for extra in ({}, {"norm": "pre"}):
+        outs, grads = {}, {}
+        for mode in ("masked", "all"):
+            cfg = dataclasses.replace(CFG, mlm_last_layer=mode, **extra)
+            model = build_model(cfg)
+            variables = unbox(init_variables(model, jax.random.PRNGKey(4), 16))
+
+            def loss(params, model=model):
+                out = model.apply({"params": params}, x, deterministic=False, heads=("mlm",))
+                return (out["mlm_logits"] ** 2).mean(), out
+
+            (_, outs[mode]), grads[mode] = jax.value_and_grad(loss, has_aux=True)(
+                variables["params"])
+        assert "hidden_masked" in outs["masked"] and "hidden" not in outs["masked"]
+        np.testing.assert_allclose(np.asarray(outs["masked"]["mlm_logits"]),
+                                   np.asarray(outs["all"]["mlm_logits"]), atol=2e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                             rtol=1e-4, atol=1e-6),
+                     grads["masked"], grads["all"])
+    # The last layer's MLP runs at the 4 masked positions of each sequence only.
+    model = build_model(CFG)
+    variables = unbox(init_variables(model, jax.random.PRNGKey(4), 16))
+    jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, heads=("mlm",)))(variables))
+    assert f"f32[3,4,{CFG.intermediate}]" in jaxpr
+    # Any other head (or none) still gets every position's hidden state.
+    out, _ = apply_model(model, variables, x, heads=("mlm", "mlm_dense"))
+    assert out["hidden"].shape == (3, 16, CFG.hidden)

@@ -104,33 +104,42 @@ def attention(qkv: jax.Array, allowed: jax.Array, *, keep: jax.Array | None = No
     return _attention(qkv, allowed, keep, float(keep_prob), jnp.dtype(dtype))
 
 
-def prefix_attention(qkv: jax.Array, allowed: jax.Array, queries: int, *,
+def take_rows(x: jax.Array, queries: int | jax.Array) -> jax.Array:
+    """Rows of ``x [batch, length, ...]``: the first ``queries`` (an int) or those at the
+    positions ``queries [batch, n]``."""
+    if isinstance(queries, int):
+        return x[:, :queries]
+    idx = queries.astype(jnp.int32).reshape(*queries.shape, *(1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def prefix_attention(qkv: jax.Array, allowed: jax.Array, queries: int | jax.Array, *,
                      keep: jax.Array | None = None, keep_prob: float = 1.0,
                      dtype: Any = F32) -> jax.Array:
-    """Attention of the first ``queries`` positions only, over every key.
+    """Attention of some query positions only, over every key.
 
-    For a last layer whose output is read at a few leading positions (a [CLS] classifier):
-    the keys and values are the full sequence's, the queries (and so the scores, softmax
-    and context) only the prefix's. The same computation as :func:`attention` restricted
-    to those rows; differentiated by JAX (it serves inference and frozen encoders).
+    For a last layer whose output is read at a few positions (a [CLS] classifier, the masked
+    positions of MLM): the keys and values are the full sequence's, the queries (and so the
+    scores, softmax and context) only those rows'. The same computation as
+    :func:`attention` restricted to those rows; differentiated by JAX.
 
     Args:
         qkv: ``[batch, length, 3, heads, head_dim]``.
-        allowed: broadcastable to ``[batch, heads, queries, key]``.
-        queries: how many leading positions to compute (``1 <= queries <= length``).
-        keep: optional dropout keep mask ``[batch, heads, queries, key]``.
+        allowed: broadcastable to ``[batch, heads, n, key]``.
+        queries: ``n`` (the first ``n`` positions, ``1 <= n <= length``) or int positions
+            ``[batch, n]``.
+        keep: optional dropout keep mask ``[batch, heads, n, key]``.
 
     Returns:
-        The context ``[batch, queries, heads, head_dim]`` in ``dtype``.
+        The context ``[batch, n, heads, head_dim]`` in ``dtype``.
     """
     if qkv.ndim != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must be [batch, length, 3, heads, head_dim], got {qkv.shape}")
-    if not 1 <= queries <= qkv.shape[1]:
+    if isinstance(queries, int) and not 1 <= queries <= qkv.shape[1]:
         raise ValueError(f"queries={queries} must be in [1, {qkv.shape[1]}]")
     qkv = qkv.astype(dtype)
-    q, k, v = qkv[:, :queries, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = take_rows(qkv[:, :, 0], queries), qkv[:, :, 1], qkv[:, :, 2]
     p = _probs(q, k, allowed, q.shape[-1] ** -0.5).astype(dtype)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", _dropped(p, keep, float(keep_prob)), v,
                      preferred_element_type=F32)
     return ctx.astype(dtype)
-

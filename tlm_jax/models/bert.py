@@ -2,11 +2,14 @@
 
 ``BertModel.__call__`` takes the *inputs* dict an objective produces
 (``input_ids``, ``attention_mask``, optional ``token_type_ids`` and
-``masked_positions``) and returns an outputs dict: ``hidden`` always, and
-``mlm_logits`` ``[batch, predictions, vocab]`` when ``masked_positions`` is
-given. Gathering the masked positions before the vocabulary projection is what
-makes the head cheap: ~15 % of the tokens, not all of them, meet the largest
-matmul of a small model.
+``masked_positions``) and returns an outputs dict: ``mlm_logits``
+``[batch, predictions, vocab]`` when ``masked_positions`` is given, and ``hidden``
+(every position) or, when the MLM head is all that is asked for and
+``model.mlm_last_layer=masked`` (the default), ``hidden_masked`` (the masked positions:
+the last layer runs only there). Gathering the masked positions before the vocabulary
+projection is what makes the head cheap: ~15 % of the tokens, not all of them, meet the
+largest matmul of a small model; the last layer at those positions saves most of one more
+layer's work.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
+from tlm_jax.models.attention import take_rows
 from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import MLP, Dense, Embed, LayerNorm, SelfAttention, activation, dtype_of
 from tlm_jax.models.sparse import linear_spec
@@ -34,8 +38,9 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
-                 queries: int | None = None) -> jax.Array:
-        """The layer's output; with ``queries``, only its first ``queries`` positions."""
+                 queries: int | jax.Array | None = None) -> jax.Array:
+        """The layer's output; with ``queries``, only at those positions (the first ``n``
+        for an int, or the positions ``[batch, n]``)."""
         c = self.cfg
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         head_dim = c.head_dim or c.hidden // c.heads
@@ -47,7 +52,7 @@ class EncoderLayer(nn.Module):
                   name="mlp")
         mlp_norm = LayerNorm(c.layer_norm_eps, dt, pdt, name="mlp_norm")
         drop = Dropout(c.dropout)
-        head = x if queries is None else x[:, :queries]  # the residual stream kept
+        head = x if queries is None else take_rows(x, queries)  # the residual stream kept
         if c.norm == "pre":
             x = head + drop(attn(attn_norm(x), mask, deterministic, queries),
                             deterministic=deterministic)
@@ -138,14 +143,15 @@ class BertModel(nn.Module):
         return ConvFrontEnd(self.cfg)
 
     def encode(self, inputs: dict[str, jax.Array], deterministic: bool = True,
-               prefix: int | None = None) -> jax.Array:
+               prefix: int | jax.Array | None = None) -> jax.Array:
         """Hidden states ``[batch, length, hidden]``; with ``prefix``, ``[batch, prefix, hidden]``.
 
         ``prefix=n`` computes the last layer for the first ``n`` positions only (their keys
         still span the sequence), which is all a [CLS] classifier reads: the last layer's
         MLP, output projection and attention rows then run on ``n`` tokens, not ``length``.
-        The result equals ``encode(inputs)[:, :n]`` up to float rounding (with dropout on,
-        the masks are drawn for the smaller shapes, so they differ).
+        ``prefix`` may also be int positions ``[batch, n]`` (MLM's masked positions). The
+        result equals ``encode(inputs)[:, :n]`` (or those positions' rows) up to float
+        rounding; with dropout on, the last layer's masks are drawn for the smaller shapes.
         """
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
@@ -162,13 +168,18 @@ class BertModel(nn.Module):
         for i, layer in enumerate(self.encoder_layers):
             x = layer(x, mask, deterministic, prefix if i == last else None)
         if prefix is not None and last < 0:
-            x = x[:, :prefix]
+            x = take_rows(x, prefix)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
 
     def __call__(self, inputs: dict[str, jax.Array], deterministic: bool = True,
                  heads: tuple[str, ...] = ("mlm",)) -> dict[str, Any]:
+        if (self.cfg.mlm_last_layer == "masked" and set(heads) == {"mlm"}
+                and "masked_positions" in inputs):
+            # Only the masked positions' outputs reach the loss: the last layer runs there.
+            hm = self.encode(inputs, deterministic, prefix=inputs["masked_positions"])
+            return {"hidden_masked": hm, "mlm_logits": self.mlm(hm, self.embeddings.word)}
         h = self.encode(inputs, deterministic)
         out: dict[str, Any] = {"hidden": h}
         if "mlm" in heads and "masked_positions" in inputs:

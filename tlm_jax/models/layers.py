@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.models import precision
-from tlm_jax.models.attention import attention, prefix_attention
+from tlm_jax.models.attention import attention, prefix_attention, take_rows
 from tlm_jax.models.dropout import keep_mask, keep_probability
 from tlm_jax.models.fused_attention import fused_attention
 from tlm_jax.models.fused_attention import supported as fused_supported
@@ -222,11 +222,12 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool,
-                 queries: int | None = None) -> jax.Array:
-        """Attention output ``[batch, length, hidden]``, or ``[batch, queries, hidden]``.
+                 queries: int | jax.Array | None = None) -> jax.Array:
+        """Attention output ``[batch, length, hidden]``, or ``[batch, n, hidden]``.
 
-        ``queries``: compute the output of the first ``queries`` positions only (each still
-        attends to every key); for a last layer read only at [CLS].
+        ``queries``: compute the output of some positions only (each still attends to every
+        key): the first ``n`` (an int) or those at positions ``[batch, n]``; for a last layer
+        read only at [CLS] or at the masked positions.
         """
         hidden = x.shape[-1]
         init = nn.initializers.normal(self.init_std)
@@ -237,8 +238,8 @@ class SelfAttention(nn.Module):
         keep, keep_prob = None, 1.0
         if self.dropout > 0 and not deterministic:
             b, s = qkv.shape[:2]
-            keep = keep_mask(self.make_rng("dropout"), (b, self.heads, queries or s, s),
-                             self.dropout)
+            n = s if queries is None else take_rows(qkv[:, :, 0, 0, 0], queries).shape[1]
+            keep = keep_mask(self.make_rng("dropout"), (b, self.heads, n, s), self.dropout)
             keep_prob = keep_probability(self.dropout)
         # mask: [batch, key] validity (padding); causal adds the triangle.
         if queries is not None:
