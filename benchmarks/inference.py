@@ -3,7 +3,7 @@
     python -m benchmarks.inference [--models bert-1-cpu,bert-6-cpu] [--batches 1,256] [--json]
 
 Ours: the package's ``SequenceClassifier`` (deterministic, f32, [CLS] pooling, 2 classes),
-jitted; it runs the last layer on [CLS] only (``BertModel.encode(prefix=1)``) and, on a CPU,
+jitted; it runs the last layer on [CLS] only (``BertModel.encode(queries=1)``) and, on a CPU,
 a large batch in cache-sized row chunks (``tlm_jax/models/batching.py``). ``--full`` also
 times the whole encoder's output in one piece (the computation before both).
 Torch: ``BertForSequenceClassification`` (same shape, vocab 16384, f32, eval,

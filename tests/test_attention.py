@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import attention_inputs, jaxpr_dots, reference_attention
 
-from tlm_jax.models.attention import attention, prefix_attention
+from tlm_jax.models.attention import attention, attention_rows
 
 B, S, H, D = 2, 7, 3, 8
 
@@ -69,12 +69,12 @@ def test_rejects_an_unfused_tensor() -> None:
         attention(jnp.zeros((B, S, H, D)), jnp.ones((B, 1, 1, S), bool))
 
 
-def test_prefix_attention_is_the_leading_rows_of_full_attention() -> None:
+def test_attention_rows_are_those_rows_of_full_attention() -> None:
     qkv, valid, allowed, keep, _, _ = attention_inputs((2, 16, 4, 8), 5, 0.9, False, True)
     full = reference_attention(qkv, allowed, keep, 0.9)
     for n in (1, 3, 16):
-        got = prefix_attention(qkv, allowed, n, keep=keep[:, :, :n], keep_prob=0.9)
+        got = attention_rows(qkv, allowed, n, keep=keep[:, :, :n], keep_prob=0.9)
         assert got.shape == (2, n, 4, 8)
         np.testing.assert_allclose(np.asarray(got), np.asarray(full[:, :n]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="queries=0"):
-        prefix_attention(qkv, allowed, 0)
+        attention_rows(qkv, allowed, 0)

@@ -131,8 +131,8 @@ def test_gelu_matches_the_erf_formula_and_its_derivative() -> None:
     assert jax.grad(lambda v: gelu_erf(v).astype(jnp.float32).sum())(xb).dtype == jnp.bfloat16
 
 
-def test_prefix_encode_equals_the_leading_rows_and_the_classifier_uses_it() -> None:
-    """encode(prefix=n) == encode()[:, :n] (post-LN, pre-LN, conv front-end, one layer)."""
+def test_encode_at_queries_equals_the_leading_rows_and_the_classifier_uses_it() -> None:
+    """encode(queries=n) == encode()[:, :n] (post-LN, pre-LN, conv front-end, one layer)."""
     from tlm_jax.models.classifier import SequenceClassifier
 
     x = {k: v for k, v in _inputs().items() if k != "masked_positions"}
@@ -143,7 +143,7 @@ def test_prefix_encode_equals_the_leading_rows_and_the_classifier_uses_it() -> N
         variables = unbox(init_variables(model, jax.random.PRNGKey(2), 16))
         full = model.apply(variables, x, method=model.encode)
         for n in (1, 5):
-            part = model.apply(variables, x, method=model.encode, prefix=n)
+            part = model.apply(variables, x, method=model.encode, queries=n)
             assert part.shape == (3, n, cfg.hidden)
             np.testing.assert_allclose(np.asarray(part), np.asarray(full[:, :n]), atol=2e-6,
                                        err_msg=str(extra))

@@ -113,7 +113,7 @@ def take_rows(x: jax.Array, queries: int | jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-def prefix_attention(qkv: jax.Array, allowed: jax.Array, queries: int | jax.Array, *,
+def attention_rows(qkv: jax.Array, allowed: jax.Array, queries: int | jax.Array, *,
                      keep: jax.Array | None = None, keep_prob: float = 1.0,
                      dtype: Any = F32) -> jax.Array:
     """Attention of some query positions only, over every key.

@@ -103,11 +103,6 @@ class MLMHead(nn.Module):
         return word.attend(h) + bias.astype(jnp.float32)
 
 
-def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
-    """``x[b, positions[b, p]]`` for ``x: [B, L, H]``, ``positions: [B, P]`` -> ``[B, P, H]``."""
-    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
-
-
 class BertModel(nn.Module):
     """The BERT encoder plus the heads objectives ask for.
 
@@ -143,15 +138,15 @@ class BertModel(nn.Module):
         return ConvFrontEnd(self.cfg)
 
     def encode(self, inputs: dict[str, jax.Array], deterministic: bool = True,
-               prefix: int | jax.Array | None = None) -> jax.Array:
-        """Hidden states ``[batch, length, hidden]``; with ``prefix``, ``[batch, prefix, hidden]``.
+               queries: int | jax.Array | None = None) -> jax.Array:
+        """Hidden states ``[batch, length, hidden]``; with ``queries``, ``[batch, n, hidden]``.
 
-        ``prefix=n`` computes the last layer for the first ``n`` positions only (their keys
-        still span the sequence), which is all a [CLS] classifier reads: the last layer's
-        MLP, output projection and attention rows then run on ``n`` tokens, not ``length``.
-        ``prefix`` may also be int positions ``[batch, n]`` (MLM's masked positions). The
-        result equals ``encode(inputs)[:, :n]`` (or those positions' rows) up to float
-        rounding; with dropout on, the last layer's masks are drawn for the smaller shapes.
+        ``queries`` computes the last layer's output at some positions only: the first ``n``
+        (an int; a [CLS] classifier reads 1) or int positions ``[batch, n]`` (MLM's masked
+        positions). Its keys and values still span the sequence; its attention rows, output
+        projection and MLP run on ``n`` tokens, not ``length``. The result equals those rows
+        of ``encode(inputs)`` up to float rounding; with dropout on, the last layer's masks
+        are drawn for the smaller shapes.
         """
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
@@ -166,9 +161,9 @@ class BertModel(nn.Module):
             x = self.front(x, deterministic)
         last = len(self.encoder_layers) - 1
         for i, layer in enumerate(self.encoder_layers):
-            x = layer(x, mask, deterministic, prefix if i == last else None)
-        if prefix is not None and last < 0:
-            x = take_rows(x, prefix)
+            x = layer(x, mask, deterministic, queries if i == last else None)
+        if queries is not None and last < 0:
+            x = take_rows(x, queries)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
@@ -178,12 +173,12 @@ class BertModel(nn.Module):
         if (self.cfg.mlm_last_layer == "masked" and set(heads) == {"mlm"}
                 and "masked_positions" in inputs):
             # Only the masked positions' outputs reach the loss: the last layer runs there.
-            hm = self.encode(inputs, deterministic, prefix=inputs["masked_positions"])
+            hm = self.encode(inputs, deterministic, queries=inputs["masked_positions"])
             return {"hidden_masked": hm, "mlm_logits": self.mlm(hm, self.embeddings.word)}
         h = self.encode(inputs, deterministic)
         out: dict[str, Any] = {"hidden": h}
         if "mlm" in heads and "masked_positions" in inputs:
-            out["mlm_logits"] = self.mlm(gather_positions(h, inputs["masked_positions"]),
+            out["mlm_logits"] = self.mlm(take_rows(h, inputs["masked_positions"]),
                                          self.embeddings.word)
         if "mlm_dense" in heads:
             out["mlm_logits_dense"] = self.mlm(h, self.embeddings.word)

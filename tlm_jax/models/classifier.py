@@ -72,7 +72,7 @@ class SequenceClassifier(nn.Module):
         # 1.1x (BERT-6) faster. In training the last layer's dropout masks are drawn for
         # the [CLS] row's shapes: other random bits than a full layer's, the same distribution.
         if self.pooling == "cls" and isinstance(self.encoder, BertModel):
-            h = self.encoder.encode(enc_inputs, deterministic=frozen, prefix=1)
+            h = self.encoder.encode(enc_inputs, deterministic=frozen, queries=1)
         else:
             h = self.encoder.encode(enc_inputs, deterministic=frozen)
         if self.freeze_encoder:

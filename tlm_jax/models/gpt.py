@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
-from tlm_jax.models.bert import gather_positions
+from tlm_jax.models.attention import take_rows
 from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import (
     MLP,
@@ -118,7 +118,7 @@ class GPTModel(nn.Module):
         if "lm" in heads:
             out["lm_logits"] = word.attend(h)
         if "mlm" in heads and "masked_positions" in inputs:
-            out["mlm_logits"] = word.attend(gather_positions(h, inputs["masked_positions"]))
+            out["mlm_logits"] = word.attend(take_rows(h, inputs["masked_positions"]))
         if "token" in heads and self.token_classes:
             out["token_logits"] = self.token_head(h).astype(jnp.float32)
         return out

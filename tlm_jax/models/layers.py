@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.models import precision
-from tlm_jax.models.attention import attention, prefix_attention, take_rows
+from tlm_jax.models.attention import attention, attention_rows
 from tlm_jax.models.dropout import keep_mask, keep_probability
 from tlm_jax.models.fused_attention import fused_attention
 from tlm_jax.models.fused_attention import supported as fused_supported
@@ -238,14 +238,14 @@ class SelfAttention(nn.Module):
         keep, keep_prob = None, 1.0
         if self.dropout > 0 and not deterministic:
             b, s = qkv.shape[:2]
-            n = s if queries is None else take_rows(qkv[:, :, 0, 0, 0], queries).shape[1]
+            n = s if queries is None else queries if isinstance(queries, int) else queries.shape[1]
             keep = keep_mask(self.make_rng("dropout"), (b, self.heads, n, s), self.dropout)
             keep_prob = keep_probability(self.dropout)
         # mask: [batch, key] validity (padding); causal adds the triangle.
         if queries is not None:
             if self.causal:
                 raise ValueError("queries= is for a bidirectional encoder's leading positions")
-            ctx = prefix_attention(qkv, mask[:, None, None, :].astype(bool), queries, keep=keep,
+            ctx = attention_rows(qkv, mask[:, None, None, :].astype(bool), queries, keep=keep,
                                    keep_prob=keep_prob, dtype=self.dtype)
         elif use_fused_attention(self.impl, x.shape[1], self.head_dim, self.dtype, self.causal):
             def fused(qkv: jax.Array, mask: jax.Array, *keep: jax.Array) -> jax.Array:
