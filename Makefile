@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 WORKDIR ?= runs/quickstart
-# Test processes (pytest-xdist): CI has 2 cores; 2 workers run the suite in ~9-10 min.
+# Test processes (pytest-xdist): CI has 2 cores; 2 workers run the suite in ~10-11 min.
 TEST_WORKERS ?= 2
 
 .PHONY: quickstart test lint setup clean-venv
