@@ -40,9 +40,11 @@ def _dropped(p: jax.Array, keep: jax.Array | None, keep_prob: float) -> jax.Arra
 
 
 def _forward(qkv: jax.Array, allowed: jax.Array, keep: jax.Array | None, keep_prob: float,
-             dtype: Any) -> tuple[jax.Array, jax.Array]:
+             dtype: Any, queries: int | jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     qkv = qkv.astype(dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if queries is not None:
+        q = take_rows(q, queries)
     p = _probs(q, k, allowed, q.shape[-1] ** -0.5).astype(dtype)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", _dropped(p, keep, keep_prob), v,
                      preferred_element_type=F32)
@@ -114,8 +116,8 @@ def take_rows(x: jax.Array, queries: int | jax.Array) -> jax.Array:
 
 
 def attention_rows(qkv: jax.Array, allowed: jax.Array, queries: int | jax.Array, *,
-                     keep: jax.Array | None = None, keep_prob: float = 1.0,
-                     dtype: Any = F32) -> jax.Array:
+                   keep: jax.Array | None = None, keep_prob: float = 1.0,
+                   dtype: Any = F32) -> jax.Array:
     """Attention of some query positions only, over every key.
 
     For a last layer whose output is read at a few positions (a [CLS] classifier, the masked
@@ -137,9 +139,4 @@ def attention_rows(qkv: jax.Array, allowed: jax.Array, queries: int | jax.Array,
         raise ValueError(f"qkv must be [batch, length, 3, heads, head_dim], got {qkv.shape}")
     if isinstance(queries, int) and not 1 <= queries <= qkv.shape[1]:
         raise ValueError(f"queries={queries} must be in [1, {qkv.shape[1]}]")
-    qkv = qkv.astype(dtype)
-    q, k, v = take_rows(qkv[:, :, 0], queries), qkv[:, :, 1], qkv[:, :, 2]
-    p = _probs(q, k, allowed, q.shape[-1] ** -0.5).astype(dtype)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", _dropped(p, keep, float(keep_prob)), v,
-                     preferred_element_type=F32)
-    return ctx.astype(dtype)
+    return _forward(qkv, allowed, keep, float(keep_prob), jnp.dtype(dtype), queries)[0]

@@ -244,9 +244,9 @@ class SelfAttention(nn.Module):
         # mask: [batch, key] validity (padding); causal adds the triangle.
         if queries is not None:
             if self.causal:
-                raise ValueError("queries= is for a bidirectional encoder's leading positions")
+                raise ValueError("queries= is for a bidirectional encoder")
             ctx = attention_rows(qkv, mask[:, None, None, :].astype(bool), queries, keep=keep,
-                                   keep_prob=keep_prob, dtype=self.dtype)
+                                 keep_prob=keep_prob, dtype=self.dtype)
         elif use_fused_attention(self.impl, x.shape[1], self.head_dim, self.dtype, self.causal):
             def fused(qkv: jax.Array, mask: jax.Array, *keep: jax.Array) -> jax.Array:
                 return fused_attention(qkv, mask, keep=keep[0] if keep else None,
