@@ -53,7 +53,8 @@ def build_ours(model: str, batch: int, seq: int, dtype: str, dropout: float = 0.
                overrides: tuple[str, ...] = (), vocab: int = VOCAB) -> dict[str, Any]:
     from tlm_jax.config import load_config  # noqa: PLC0415
     from tlm_jax.data.pipeline import make_dataset  # noqa: PLC0415
-    from tlm_jax.train.loop import _mesh_context, build_run, compile_steps, data_seed  # noqa: PLC0415
+    from tlm_jax.train.run import build_run, data_seed  # noqa: PLC0415
+    from tlm_jax.train.loop import _mesh_context, compile_steps  # noqa: PLC0415
     from tlm_jax.train.state import create_state  # noqa: PLC0415
 
     cfg = load_config(None, [

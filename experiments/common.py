@@ -280,7 +280,7 @@ def size_steps(preset: Preset) -> int:
 def available_tasks(names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """The tasks whose data can be loaded, and why the others cannot."""
     from tlm_jax.errors import TLMError  # noqa: PLC0415
-    from tlm_jax.tasks.datasets import TASKS, resolve_data_dir  # noqa: PLC0415
+    from tlm_jax.tasks import TASKS, resolve_data_dir  # noqa: PLC0415
 
     ok, missing = [], {}
     for t in names:

@@ -128,7 +128,8 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
 
 def sample_and_score(run_dir: Path, control: str | None, p: Preset, seed: int) -> dict[str, Any]:
     """Samples of one setting and their lexicon scores."""
-    from tlm_jax.generate import Generator, Sampling, load_run  # noqa: PLC0415
+    from tlm_jax.generate import Generator, Sampling  # noqa: PLC0415
+    from tlm_jax.train.pretrained import load_run  # noqa: PLC0415
     from tlm_jax.objectives.scorers import LexiconScorer, words  # noqa: PLC0415
 
     gen = Generator(load_run(run_dir))
@@ -158,7 +159,7 @@ def data_stats(p: Preset) -> dict[str, float]:
     """Bad-sentence fraction of the training documents (the conditional run's labels)."""
     from tlm_jax.config import load_config  # noqa: PLC0415
     from tlm_jax.data.corpus import prepare_corpus  # noqa: PLC0415
-    from tlm_jax.objectives.base import build_objectives, document_hooks  # noqa: PLC0415
+    from tlm_jax.objectives import build_objectives, document_hooks  # noqa: PLC0415
 
     cfg = load_config(None, run_overrides(p, "conditional"))
     corpus = prepare_corpus(cfg.data, progress=False, log=lambda _: None,
@@ -181,7 +182,7 @@ def control_sensitivity(p: Preset, run_dir: Path, max_each: int = 300) -> dict[s
 
     from tlm_jax.config import load_config  # noqa: PLC0415
     from tlm_jax.data.corpus import doc_factory  # noqa: PLC0415
-    from tlm_jax.generate import load_run  # noqa: PLC0415
+    from tlm_jax.train.pretrained import load_run  # noqa: PLC0415
     from tlm_jax.objectives.conditional import BAD, GOOD, segments  # noqa: PLC0415
     from tlm_jax.objectives.scorers import LexiconScorer  # noqa: PLC0415
 

@@ -155,7 +155,7 @@ def examples_seen(spec: C.PretrainSpec, workdir: Path) -> dict[str, Any]:
 
     from tlm_jax.config import load_config  # noqa: PLC0415
     from tlm_jax.data.selection import SelectionPlan, SubsetSchedule  # noqa: PLC0415
-    from tlm_jax.train.loop import data_seed  # noqa: PLC0415
+    from tlm_jax.train.run import data_seed  # noqa: PLC0415
 
     cfg = load_config(None, list(spec.overrides))
     steps, batch = cfg.train.steps, cfg.train.batch_size

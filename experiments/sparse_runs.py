@@ -100,7 +100,8 @@ def step_times(specs: dict[str, C.PretrainSpec], root: Path, steps: int, rounds:
     from tlm_jax import sharding as shd  # noqa: PLC0415
     from tlm_jax.config import load_config  # noqa: PLC0415
     from tlm_jax.data.pipeline import make_dataset  # noqa: PLC0415
-    from tlm_jax.train.loop import build_run, compile_steps, data_seed  # noqa: PLC0415
+    from tlm_jax.train.run import build_run, data_seed  # noqa: PLC0415
+    from tlm_jax.train.loop import compile_steps  # noqa: PLC0415
     from tlm_jax.train.state import create_state  # noqa: PLC0415
 
     key = hashlib.sha256(json.dumps({k: list(s.overrides) for k, s in specs.items()}

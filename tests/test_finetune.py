@@ -142,17 +142,15 @@ def test_frozen_encoder_is_really_frozen(tiny_run, tmp_path) -> None:
     import flax.linen as nn
 
     from tlm_jax import sharding as shd
-    from tlm_jax.tasks.finetune import (
-        _compile,
-        _graft_pretrained,
-        load_pretrained_variables,
-        resolve_backbone,
-    )
+    from tlm_jax.tasks.finetune import resolve_backbone
+    from tlm_jax.tasks.finetune.compiled import compile_finetune
+    from tlm_jax.tasks.finetune.loop import _graft_pretrained
+    from tlm_jax.train.pretrained import load_pretrained_variables
 
     cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "head.freeze_encoder=true", "optim.lr=1e-1",
                   "optim.weight_decay=0.5")
     bb = resolve_backbone(tiny_run, tokenizer_from=None, cfg=cfg)
-    comp = _compile(bb, cfg, 2, 16, 10)
+    comp = compile_finetune(bb, cfg, 2, 16, 10)
     with jax.set_mesh(comp.mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         pre = load_pretrained_variables(tiny_run, comp.mesh, log=lambda _: None)
         state = _graft_pretrained(comp.init(jax.random.PRNGKey(0)), pre[0], pre[1],
@@ -180,11 +178,12 @@ def test_predict_in_cpu_row_chunks_matches_small_batches(tiny_run, tmp_path) -> 
 
     from tlm_jax import sharding as shd
     from tlm_jax.models.batching import default_chunk_rows
-    from tlm_jax.tasks.finetune import _compile, predict_logits, resolve_backbone
+    from tlm_jax.tasks.finetune import predict_logits, resolve_backbone
+    from tlm_jax.tasks.finetune.compiled import compile_finetune
 
     cfg = _ft_cfg(_csv(tmp_path / "d.csv"))  # the batch split over 8 devices
     bb = resolve_backbone(tiny_run, tokenizer_from=None, cfg=cfg)
-    comp = _compile(bb, cfg, 3, 16, 10)
+    comp = compile_finetune(bb, cfg, 3, 16, 10)
     assert comp.mesh.shape["data"] == 8 and default_chunk_rows(16) == 64
     ids = np.random.default_rng(0).integers(5, 100, (100, 16)).astype(np.int32)
     ids[:, 12:] = bb.special.pad
@@ -265,7 +264,8 @@ def test_cli_generic_csv_end_to_end(tiny_run, tmp_path) -> None:
 
 def test_fingerprint_follows_the_pretrained_checkpoint_step(tmp_path) -> None:
     """A run trained further since its fine-tune is another backbone (its seeds are not reused)."""
-    from tlm_jax.tasks.finetune import Backbone, _fingerprint
+    from tlm_jax.tasks.finetune import Backbone
+    from tlm_jax.tasks.finetune.loop import _fingerprint
 
     (tmp_path / "checkpoints" / "100").mkdir(parents=True)
     info = {"init": "pretrained", "tokenizer_hash": "abc", "model": {"hidden": 8}, "max_len": 16}

@@ -133,7 +133,8 @@ def test_model_trains_the_same_with_either_attention(arch: str) -> None:
 def test_training_on_a_mesh_or_pmap_matches_one_device() -> None:
     """Batch over data x fsdp and heads over tensor: jax.shard_map around the kernels."""
     from tlm_jax.config import load_config
-    from tlm_jax.train.loop import build_run, run_steps
+    from tlm_jax.train.loop import run_steps
+    from tlm_jax.train.run import build_run
 
     base = ["model.hidden=64", "model.layers=1", "model.heads=4", "model.intermediate=64",
             "model.max_len=32", "data.max_len=32", "model.dtype=bfloat16",

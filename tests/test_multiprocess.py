@@ -19,8 +19,9 @@ import numpy as np
 from conftest import REPO, cli_env
 
 from tlm_jax.config import load_config
-from tlm_jax.train.loop import build_run, pretrain, run_steps
+from tlm_jax.train.loop import pretrain, run_steps
 from tlm_jax.train.metrics import read_metrics
+from tlm_jax.train.run import build_run
 
 TINY = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.intermediate=64",
         "model.max_len=32", "data.max_len=32", "model.dropout=0.0", "model.attention_dropout=0.0",

@@ -10,8 +10,7 @@ import pytest
 from tlm_jax.config import DataConfig, ObjectiveConfig
 from tlm_jax.data.corpus import prepare_corpus
 from tlm_jax.errors import TLMError
-from tlm_jax.objectives import build_objectives
-from tlm_jax.objectives.base import document_hooks
+from tlm_jax.objectives import build_objectives, document_hooks
 from tlm_jax.objectives.conditional import (
     BAD,
     GOOD,

@@ -13,6 +13,7 @@ import pytest
 
 from tlm_jax.cli import main
 from tlm_jax.config import load_config
+from tlm_jax.errors import TLMError
 from tlm_jax.train.loop import pretrain
 
 pytestmark = pytest.mark.slow
@@ -82,11 +83,15 @@ def test_objective_run_val_loss_falls(case, tmp_path, data_dir) -> None:
 
 def test_thinking_lm_generator_samples_and_caches(clm_run, tmp_path) -> None:
     from tlm_jax.objectives.thinking import get_generator
+    from tlm_jax.train.pretrained import run_access
 
-    gen = get_generator(f"lm:{clm_run}", max_new=8, cache_dir=str(tmp_path))
+    with pytest.raises(TLMError, match="needs a trained run"):
+        get_generator(f"lm:{clm_run}")  # objectives reach runs only through the interface
+    runs = run_access()
+    gen = get_generator(f"lm:{clm_run}", runs, max_new=8, cache_dir=str(tmp_path))
     docs = ["The club was founded in 1901 in Paris.", "A river in the north of England."]
     out = gen.generate(docs)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
     assert len(list((tmp_path / "thinking").glob("*.jsonl"))) == 1
-    again = get_generator(f"lm:{clm_run}", max_new=8, cache_dir=str(tmp_path))
+    again = get_generator(f"lm:{clm_run}", runs, max_new=8, cache_dir=str(tmp_path))
     assert again.generate(docs) == out and again.fingerprint() == gen.fingerprint()

@@ -11,8 +11,7 @@ from tlm_jax.config import DataConfig, ObjectiveConfig
 from tlm_jax.data.corpus import prepare_corpus
 from tlm_jax.data.tokenizer import SpecialTokens
 from tlm_jax.errors import TLMError
-from tlm_jax.objectives import build_objectives
-from tlm_jax.objectives.base import document_hooks
+from tlm_jax.objectives import build_objectives, document_hooks
 from tlm_jax.objectives.thinking import (
     THINK_CLOSE,
     THINK_OPEN,

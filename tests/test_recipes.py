@@ -12,7 +12,7 @@ from tlm_jax.config import MODEL_PRESETS, load_config
 from tlm_jax.data.cache import TokenArrays
 from tlm_jax.data.pipeline import ExampleSource, ShardInfo, epoch_of, make_dataset, make_iterator
 from tlm_jax.data.tokenizer import SpecialTokens
-from tlm_jax.train.loop import total_steps
+from tlm_jax.train.run import total_steps
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = sorted(p.stem for p in CONFIGS.glob("paper-*.yaml"))

@@ -82,7 +82,8 @@ GPT = ["model.arch=gpt", "objective.names=[clm]", "model.hidden=32", "model.laye
 
 
 def _gpt_losses(overrides, devices=None, steps=3):
-    from tlm_jax.train.loop import build_run, run_steps  # noqa: PLC0415
+    from tlm_jax.train.loop import run_steps  # noqa: PLC0415
+    from tlm_jax.train.run import build_run  # noqa: PLC0415
 
     run = build_run(load_config(None, [*GPT, *overrides]), log=lambda _: None, devices=devices)
     return np.array([m["loss"] for m in run_steps(run, steps)])

@@ -18,7 +18,7 @@ from tlm_jax.config import ModelConfig, load_config
 from tlm_jax.data.tokenizer import SpecialTokens
 from tlm_jax.errors import TLMError
 from tlm_jax.models import build_model, dummy_inputs, init_variables
-from tlm_jax.models.layers import Dense, matmul
+from tlm_jax.models.linear import Dense, matmul
 from tlm_jax.models.sparse import (
     SLTrainDense,
     densify_variables,
@@ -283,7 +283,8 @@ PRE = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.intermediate
 def test_pretrain_checkpoint_pmap_and_finetune_end_to_end(tmp_path: Path) -> None:
     from tlm_jax.tasks.finetune import finetune, load_finetune_config
     from tlm_jax.train.checkpoint import Checkpointer
-    from tlm_jax.train.loop import build_run, pretrain, run_steps
+    from tlm_jax.train.loop import pretrain, run_steps
+    from tlm_jax.train.run import build_run
     from tlm_jax.train.state import state_shardings
 
     # pmap (integer buffers must survive the replica mean) == a 2x2x2 mesh (sharded A, B).

@@ -161,9 +161,10 @@ GPT_PRE = ["model.arch=gpt", "objective.names=[clm]", "model.hidden=32", "model.
 @pytest.mark.slow
 def test_gpt_pretrain_generate_and_finetune_end_to_end(tmp_path: Path, capsys) -> None:
     from tlm_jax.cli import main
-    from tlm_jax.generate import load_run
     from tlm_jax.tasks.finetune import finetune, load_finetune_config
-    from tlm_jax.train.loop import build_run, pretrain
+    from tlm_jax.train.loop import pretrain
+    from tlm_jax.train.run import build_run
+    from tlm_jax.train.pretrained import load_run
 
     wd = tmp_path / "run"
     cfg = load_config(None, GPT_PRE)

@@ -14,7 +14,7 @@ from conftest import REPO, cli_env
 
 from tlm_jax.data.synthetic import SYNTHETIC_KINDS, synthetic_corpus, synthetic_labelled_texts
 from tlm_jax.errors import TLMError
-from tlm_jax.tasks.datasets import TASKS, load_task
+from tlm_jax.tasks import TASKS, load_task
 
 
 def test_labelled_texts_deterministic_unique_balanced() -> None:

@@ -16,8 +16,9 @@ import pytest
 from conftest import REPO, cli_env
 
 from tlm_jax.config import load_config
-from tlm_jax.train.loop import build_run, pretrain, run_steps
+from tlm_jax.train.loop import pretrain, run_steps
 from tlm_jax.train.metrics import read_metrics
+from tlm_jax.train.run import build_run
 
 # Dropout off so every parallel layout draws identical randomness (masks are per example).
 TINY = ["model.hidden=32", "model.layers=2", "model.heads=4", "model.intermediate=64",

@@ -313,7 +313,8 @@ def _fail_override(err: OmegaConfBaseException, where: str) -> TLMError:
     return TLMError(f"bad config value for '{key}' in {where}: {msg}", "check the value's type")
 
 
-def _load_yaml(path_or_name: str) -> dict[str, Any]:
+def load_yaml(path_or_name: str) -> dict[str, Any]:
+    """Read a YAML config given as a path or as a name in ``configs/`` into a plain dict."""
     candidates = [Path(path_or_name)]
     if not path_or_name.endswith((".yaml", ".yml")):
         candidates += [REPO_CONFIG_DIR / f"{path_or_name}.yaml", Path("configs") / f"{path_or_name}.yaml"]
@@ -334,7 +335,7 @@ def _load_yaml(path_or_name: str) -> dict[str, Any]:
 
 def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from defaults, preset, YAML file and overrides."""
-    file_part: dict[str, Any] = _load_yaml(config) if config else {}
+    file_part: dict[str, Any] = load_yaml(config) if config else {}
     for item in overrides:
         if "=" not in item:
             raise TLMError(f"override '{item}' is not key=value", "write e.g. train.steps=300")

@@ -1,4 +1,6 @@
-"""Sampling from a trained causal LM (``model.arch=gpt``) and loading runs from disk.
+"""Sampling from a trained causal LM (``model.arch=gpt``).
+
+Runs are loaded from disk by :func:`tlm_jax.train.pretrained.load_run`.
 
 The sampler is one jitted, fixed-shape loop: a ``[batch, length]`` token buffer
 holds the prompts, and ``lax.fori_loop`` fills position ``i`` from the logits at
@@ -28,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
-from tlm_jax import sharding as shd
-from tlm_jax.config import Config, read_config
-from tlm_jax.data.tokenizer import SPECIAL_TOKENS, SpecialTokens, load_tokenizer, special_tokens
+from tlm_jax.config import Config
+from tlm_jax.data.tokenizer import SPECIAL_TOKENS, SpecialTokens
 from tlm_jax.errors import TLMError
 from tlm_jax.models.gpt import GPTModel, decode_step, init_cache
 
@@ -55,68 +56,6 @@ def extra_special_names(tok: Tokenizer) -> list[str]:
     added = tok.get_added_tokens_decoder()
     return [t.content for _, t in sorted(added.items())
             if t.special and t.content not in SPECIAL_TOKENS]
-
-
-def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
-    """Load ``config.json``, ``tokenizer.json`` and the parameters of a checkpoint.
-
-    Args:
-        run_dir: a ``tlm pretrain --workdir``.
-        step: the checkpoint step; newest complete one when None.
-    """
-    # Imported here: the train stack pulls in orbax, which `tlm --help` should not pay for.
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    from tlm_jax.models import build_model  # noqa: PLC0415
-    from tlm_jax.objectives.base import build_objectives  # noqa: PLC0415
-    from tlm_jax.train.optimizer import make_optimizer  # noqa: PLC0415
-    from tlm_jax.train.state import state_shardings  # noqa: PLC0415
-
-    path = Path(run_dir).expanduser().resolve()
-    cfg = read_config(path / "config.json")
-    tok = load_tokenizer(path / "tokenizer.json")
-    special = special_tokens(tok, extra_special_names(tok))
-    if not cfg.model.vocab_size:  # config.json records the (possibly padded) model vocabulary
-        cfg.model.vocab_size = special.vocab_size
-    objectives = build_objectives(cfg.objective, special, cfg.data.max_len)
-    token_classes = max((o.token_classes for o, _ in objectives), default=0)
-    model = build_model(cfg.model, token_classes=token_classes)
-    tx, _ = make_optimizer(cfg.optim, max(cfg.train.steps, 1))
-    ckpt_dir = path / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise TLMError(f"{path} has no checkpoints/", "point --run at a finished tlm pretrain workdir")
-    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-        abstract, shardings = state_shardings(model, tx, mesh, cfg.data.max_len)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    manager = ocp.CheckpointManager(ckpt_dir, item_names=("state",),
-                                    options=ocp.CheckpointManagerOptions(create=False))
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise TLMError(f"{ckpt_dir} holds no complete checkpoint", "train the run first")
-        use = steps[-1] if step is None else step
-        if use not in steps:
-            raise TLMError(f"no checkpoint at step {use} in {ckpt_dir}",
-                           f"use one of: {', '.join(map(str, steps))}")
-        try:
-            out = manager.restore(use, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target)))
-        except Exception as e:  # orbax raises assorted types for mismatched/corrupt files
-            raise TLMError(f"cannot restore {ckpt_dir}/{use}: {str(e).splitlines()[0][:200]}",
-                           "check that the run finished and its files are intact") from e
-    finally:
-        manager.close()
-    params = out["state"].params
-    if cfg.model.linear != "dense":  # decode_step reads dense kernels
-        from tlm_jax.models.sparse import densify_variables  # noqa: PLC0415
-
-        params, _ = densify_variables(cfg.model, jax.device_get(params),
-                                      jax.device_get(out["state"].model_state))
-        cfg.model.linear = "dense"
-        model = build_model(cfg.model, token_classes=token_classes)
-    return LoadedRun(cfg, tok, special, model, params, int(use), path)
 
 
 # ------------------------------------------------------------------------------ filtering
@@ -309,5 +248,5 @@ class Generator:
         return [self.run.tokenizer.decode(keep + o, skip_special_tokens=True) for o in outs]
 
 
-__all__ = ["Generator", "LoadedRun", "Sampling", "banned_ids", "filter_logits", "load_run",
+__all__ = ["Generator", "LoadedRun", "Sampling", "banned_ids", "extra_special_names", "filter_logits",
            "make_sampler", "top_k_filter", "top_p_filter"]

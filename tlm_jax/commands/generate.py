@@ -7,7 +7,8 @@ import json
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from tlm_jax.generate import Generator, Sampling, load_run  # noqa: PLC0415 - keep --help fast
+    from tlm_jax.generate import Generator, Sampling  # noqa: PLC0415 - keep --help fast
+    from tlm_jax.train.pretrained import load_run  # noqa: PLC0415 - keep --help fast
 
     run = load_run(args.run, step=args.step)
     gen = Generator(run)

@@ -25,7 +25,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tlm_jax.hf import export_hf  # noqa: PLC0415
+    from tlm_jax.hf import export_hf  # noqa: PLC0415 - keep `tlm --help` fast
 
     s = export_hf(args.run, args.out, force=args.force)
     print(f"load it with transformers.BertForMaskedLM.from_pretrained({s['out']!r}) and "

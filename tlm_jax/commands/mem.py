@@ -44,12 +44,15 @@ def memory_report(cfg: Any, mesh: dict[str, int] | None = None, devices: int | N
     import jax  # noqa: PLC0415 - keep --help fast
 
     from tlm_jax import sharding as shd  # noqa: PLC0415
-    from tlm_jax.data.tokenizer import SpecialTokens  # noqa: PLC0415
+    from tlm_jax.data.tokenizer import (
+        SpecialTokens,  # noqa: PLC0415
+        padded_vocab,  # noqa: PLC0415
+    )
     from tlm_jax.models import build_model, init_variables  # noqa: PLC0415
     from tlm_jax.models.sparse import projection_param_count  # noqa: PLC0415
     from tlm_jax.objectives import build_objectives  # noqa: PLC0415
-    from tlm_jax.train.loop import padded_vocab, total_steps  # noqa: PLC0415
     from tlm_jax.train.optimizer import make_optimizer  # noqa: PLC0415
+    from tlm_jax.train.run import total_steps  # noqa: PLC0415
     from tlm_jax.train.state import state_memory  # noqa: PLC0415
 
     sizes = dict(mesh or {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})

@@ -47,6 +47,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -103,8 +104,6 @@ def load_lexicon(lexicon: Iterable[str] | None, lexicon_file: str | None,
     """Lowercase word forms: ``lexicon_file`` (one per line, ``#`` starts a comment) if given,
     else ``lexicon``, else ``default``; an empty result is refused."""
     if lexicon_file:
-        from pathlib import Path  # noqa: PLC0415
-
         path = Path(lexicon_file).expanduser()
         if not path.is_file():
             raise TLMError(f"lexicon file {path} not found", "pass an existing word list")

@@ -18,6 +18,17 @@ from tlm_jax.errors import TLMError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
+VOCAB_MULTIPLE = 128
+
+
+def padded_vocab(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """Round the embedding table up so it divides any tensor-parallel size up to ``multiple``.
+
+    The extra rows are never inputs or targets; they only make the vocabulary axis shardable
+    (and its matmul better shaped), as Megatron and MaxText do.
+    """
+    return -(-n // multiple) * multiple
+
 
 @dataclass(frozen=True)
 class SpecialTokens:

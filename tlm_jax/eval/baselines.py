@@ -6,9 +6,11 @@ import time
 from typing import Any
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 
+from tlm_jax.data.labeled import ClassificationData
 from tlm_jax.eval.metrics import classification_report
-from tlm_jax.tasks.datasets import ClassificationData
 
 
 def tfidf_logreg_baseline(
@@ -30,9 +32,6 @@ def tfidf_logreg_baseline(
         split plus ``method``, ``params``, ``train_size``, ``test_size``,
         ``num_features``, ``fit_seconds`` and ``predict_seconds``.
     """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
     params = {
         "ngram_range": [1, 2],
         "sublinear_tf": True,

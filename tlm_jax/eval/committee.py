@@ -15,9 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from tlm_jax.errors import TLMError
+from tlm_jax.eval.metrics import classification_report, softmax_average
+from tlm_jax.models.batching import default_chunk_rows, map_in_chunks
+from tlm_jax.models.classifier import SequenceClassifier
+from tlm_jax.sharding import unbox
 
 
 def committee_scores(member_dirs: Sequence[str | os.PathLike], seeds: Sequence[int],
@@ -38,8 +43,6 @@ def committee_scores(member_dirs: Sequence[str | os.PathLike], seeds: Sequence[i
         TLMError: a member's files are missing, or members were tested on different
             splits.
     """
-    from tlm_jax.eval.metrics import classification_report, softmax_average  # noqa: PLC0415
-
     dirs = [Path(d) for d in member_dirs]
     out: dict[int, list[dict[str, Any]]] = {}
     for k in range(1, len(dirs) + 1):
@@ -84,12 +87,6 @@ def measure_latency(model_cfgs: dict[str, tuple[Any, int]], num_classes: int, le
     Returns:
         ``{name: {str(batch): {"median_ms", "p10_ms", "p90_ms", "examples_per_s"}}}``.
     """
-    import jax  # noqa: PLC0415
-
-    from tlm_jax.models.batching import default_chunk_rows, map_in_chunks  # noqa: PLC0415
-    from tlm_jax.models.classifier import SequenceClassifier  # noqa: PLC0415
-    from tlm_jax.sharding import unbox  # noqa: PLC0415
-
     out: dict[str, dict[str, Any]] = {}
     # On a CPU large batches run in cache-sized row chunks (tlm_jax/models/batching.py).
     rows = default_chunk_rows(length)

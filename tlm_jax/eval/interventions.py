@@ -26,9 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from tlm_jax import sharding as shd
+from tlm_jax.data.tokenizer import encode, load_tokenizer, special_tokens
 from tlm_jax.errors import TLMError
+from tlm_jax.models import apply_model
+from tlm_jax.train.continual import load_run_state
 
 # ----------------------------------------------------------------------------
 # Scoring sequences with a trained run
@@ -53,8 +60,6 @@ class RunScorer:
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of ``text`` without special tokens."""
-        from tlm_jax.data.tokenizer import encode  # noqa: PLC0415
-
         return encode(self.tokenizer, [text])[0]
 
     def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -63,13 +68,6 @@ class RunScorer:
         For a masked LM the rows carry [MASK] at their position; for a decoder the
         logits at ``position - 1`` predict the token at ``position``.
         """
-        import flax.linen as nn  # noqa: PLC0415
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
-        from tlm_jax import sharding as shd  # noqa: PLC0415
-        from tlm_jax.models import apply_model  # noqa: PLC0415
-
         n, length = ids.shape
         vocab = self.special.vocab_size
         pad = self.special.pad
@@ -165,12 +163,6 @@ class RunScorer:
 def load_scorer(run: str | Path, *, step: int = 0, batch: int = 256,
                 log: Callable[[str], None] = print) -> RunScorer:
     """A :class:`RunScorer` of run ``run``'s checkpoint (newest, or ``step``) on one device."""
-    import jax  # noqa: PLC0415
-
-    from tlm_jax import sharding as shd  # noqa: PLC0415
-    from tlm_jax.data.tokenizer import load_tokenizer, special_tokens  # noqa: PLC0415
-    from tlm_jax.train.continual import load_run_state  # noqa: PLC0415
-
     mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     cfg, model, params, model_state, got = load_run_state(run, mesh, step=step, log=log)
     tok = load_tokenizer(Path(run) / "tokenizer.json")

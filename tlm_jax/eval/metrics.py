@@ -14,6 +14,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from scipy import stats as scipy_stats
+except ImportError:  # scipy comes with scikit-learn; the table below covers its absence
+    scipy_stats = None
+
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30, used when
 # scipy is not installed.
 _T975 = (
@@ -36,11 +41,9 @@ def t_quantile_975(df: int) -> float:
     """
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    try:
-        from scipy import stats
-    except ImportError:
+    if scipy_stats is None:
         return _t975_fallback(df)
-    return float(stats.t.ppf(0.975, df))
+    return float(scipy_stats.t.ppf(0.975, df))
 
 
 def _t975_fallback(df: int) -> float:

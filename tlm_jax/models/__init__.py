@@ -19,6 +19,7 @@ from tlm_jax.errors import TLMError
 from tlm_jax.models.bert import BertModel
 from tlm_jax.models.gpt import GPTModel
 from tlm_jax.models.sparse import SPARSE_COLLECTION
+from tlm_jax.sharding import unbox
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"bert": BertModel, "gpt": GPTModel}
 
@@ -80,6 +81,4 @@ def apply_model(model: nn.Module, variables: dict[str, Any], inputs: dict[str, j
 
 def count_params(params: Any) -> int:
     """Number of scalars in a parameter tree."""
-    from tlm_jax.sharding import unbox  # noqa: PLC0415
-
     return int(sum(x.size for x in jax.tree.leaves(unbox(params))))

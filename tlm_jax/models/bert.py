@@ -22,8 +22,10 @@ import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
 from tlm_jax.models.attention import take_rows
+from tlm_jax.models.conv import ConvFrontEnd
 from tlm_jax.models.dropout import Dropout
-from tlm_jax.models.layers import MLP, Dense, Embed, LayerNorm, SelfAttention, activation, dtype_of
+from tlm_jax.models.layers import MLP, Embed, LayerNorm, SelfAttention, activation
+from tlm_jax.models.linear import Dense, dtype_of
 from tlm_jax.models.sparse import linear_spec
 
 
@@ -133,8 +135,6 @@ class BertModel(nn.Module):
     def _front_end(self) -> nn.Module | None:
         if self.cfg.conv_blocks <= 0:
             return None
-        from tlm_jax.models.conv import ConvFrontEnd  # noqa: PLC0415 - optional block
-
         return ConvFrontEnd(self.cfg)
 
     def encode(self, inputs: dict[str, jax.Array], deterministic: bool = True,

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
+from tlm_jax.models import build_model
 from tlm_jax.models.bert import BertModel
 from tlm_jax.models.dropout import Dropout
-from tlm_jax.models.layers import Dense, dtype_of
+from tlm_jax.models.linear import Dense, dtype_of
 
 POOLINGS = ("cls", "mean")
 
@@ -49,8 +50,6 @@ class SequenceClassifier(nn.Module):
     freeze_encoder: bool = False
 
     def setup(self) -> None:
-        from tlm_jax.models import build_model  # noqa: PLC0415 - avoid an import cycle
-
         self.encoder = build_model(self.cfg)
         self.head_dropout = Dropout(self.dropout)
         c = self.cfg

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 
 from tlm_jax.config import ModelConfig
 from tlm_jax.errors import TLMError
-from tlm_jax.models.layers import activation, dtype_of
+from tlm_jax.models.layers import activation
+from tlm_jax.models.linear import dtype_of
 
 # PyTorch's default Conv2d initialisation: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
 _TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

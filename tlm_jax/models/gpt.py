@@ -31,15 +31,13 @@ from tlm_jax.models.attention import take_rows
 from tlm_jax.models.dropout import Dropout
 from tlm_jax.models.layers import (
     MLP,
-    Dense,
     Embed,
     LayerNorm,
     SelfAttention,
     activation,
-    dtype_of,
     layer_norm,
-    matmul,
 )
+from tlm_jax.models.linear import Dense, dtype_of, matmul
 from tlm_jax.models.sparse import linear_spec
 
 

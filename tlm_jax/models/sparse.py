@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tlm_jax.config import ModelConfig
-from tlm_jax.models.layers import DEFAULT_INIT, Dtype, LinearSpec, matmul
+from tlm_jax.models.linear import DEFAULT_INIT, Dtype, LinearSpec, matmul
 from tlm_jax.sharding import unbox
 
 SPARSE_COLLECTION = "sparse"
@@ -110,7 +110,7 @@ def sltrain_kernel(a: jax.Array, b: jax.Array, values: jax.Array, index: jax.Arr
 
 
 class SLTrainDense(nn.Module):
-    """A :class:`~tlm_jax.models.layers.Dense` whose kernel is ``(α/r)·A·B + S`` (see module doc).
+    """A :class:`~tlm_jax.models.linear.Dense` whose kernel is ``(α/r)·A·B + S`` (see module doc).
 
     Attributes:
         features / axes / contract: as ``Dense``.
@@ -181,7 +181,7 @@ def spdf_mask(key: jax.Array, in_shape: Sequence[int], features: Sequence[int], 
 
 
 class SPDFDense(nn.Module):
-    """A :class:`~tlm_jax.models.layers.Dense` with a static sparsity mask (see module doc).
+    """A :class:`~tlm_jax.models.linear.Dense` with a static sparsity mask (see module doc).
 
     The parameter tree equals ``Dense``'s (``kernel``, ``bias``); the mask lives in the
     ``sparse`` collection with the kernel's logical axes.

@@ -1,24 +1,18 @@
-"""Pretraining objectives: pure batch transforms + losses behind one registry."""
+"""Pretraining objectives: pure batch transforms + losses behind one registry.
 
-# Importing a module registers its objectives.
-from tlm_jax.objectives import (  # noqa: F401
-    clm,  # clm
-    conditional,  # conditional
-    lem,  # lem
-    mlm,  # mlm
-    rts,  # rts, crts, slm
-    salt,  # salt
-    thinking,  # thinking
-)
+The registry's entries are the imports in :mod:`tlm_jax.objectives.build`.
+"""
+
 from tlm_jax.objectives.base import (
     OBJECTIVES,
     LossTerms,
     Objective,
     SpecialTokens,
-    build_objectives,
     parse_names,
     register,
 )
+from tlm_jax.objectives.build import DocumentHooks, build_objectives, document_hooks
+from tlm_jax.objectives.runs import RunAccess, TextSampler, TrainedRun
 
-__all__ = ["OBJECTIVES", "LossTerms", "Objective", "SpecialTokens", "build_objectives",
-           "parse_names", "register"]
+__all__ = ["OBJECTIVES", "DocumentHooks", "LossTerms", "Objective", "RunAccess", "SpecialTokens",
+           "TextSampler", "TrainedRun", "build_objectives", "document_hooks", "parse_names", "register"]

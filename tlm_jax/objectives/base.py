@@ -12,7 +12,8 @@ An objective is three pure pieces:
 * optional host-side ``prepare_document`` for document-level rewrites (control
   tokens, thinking trajectories) applied before tokens are cached.
 
-A new objective is one file plus one ``@register("name")`` line.
+A new objective is one file with one ``@register("name")`` class, plus its import in
+:mod:`tlm_jax.objectives.build` (the registry line).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 from tlm_jax.config import ObjectiveConfig
 from tlm_jax.data.tokenizer import SpecialTokens
 from tlm_jax.errors import TLMError
+from tlm_jax.objectives.runs import RunAccess
 
 Batch = dict[str, jax.Array]
 
@@ -52,6 +54,8 @@ class Objective:
     name: str = "objective"
     heads: tuple[str, ...] = ("mlm",)
     token_classes: int = 0
+    # Access to trained runs for objectives that build on one (see :mod:`.runs`).
+    runs: RunAccess | None = field(default=None, repr=False, compare=False)
 
     def transform(self, batch: Batch, rng: jax.Array) -> tuple[Batch, Batch]:
         raise NotImplementedError
@@ -167,62 +171,6 @@ def parse_names(names: list[str]) -> list[tuple[str, float]]:
     if not out:
         raise TLMError("no objective given", "set objective.names=[mlm]")
     return out
-
-
-def build_objectives(cfg: ObjectiveConfig, special: SpecialTokens,
-                     max_len: int, corpus: Any = None) -> list[tuple[Objective, float]]:
-    """Instantiate the weighted mixture named by ``cfg.names``.
-
-    With ``corpus`` (a :class:`~tlm_jax.data.corpus.Corpus`), each objective's
-    :meth:`Objective.setup` runs once on it.
-    """
-    # Importing the package registers the built-in objectives.
-    import tlm_jax.objectives  # noqa: F401, PLC0415
-
-    built = []
-    for name, weight in parse_names(cfg.names):
-        if name not in OBJECTIVES:
-            raise TLMError(f"unknown objective '{name}'",
-                           f"use one of: {', '.join(sorted(OBJECTIVES))}")
-        opts = dict(cfg.options.get(name, {})) if isinstance(cfg.options.get(name), dict) else {}
-        built.append((OBJECTIVES[name](cfg=cfg, special=special, max_len=max_len,
-                                       options=opts, name=name), weight))
-    if corpus is not None:
-        for obj, _ in built:
-            obj.setup(corpus)
-    return built
-
-
-@dataclass(frozen=True)
-class DocumentHooks:
-    """What the objectives ask of data preparation: a batched rewrite, its key, tokens."""
-
-    transform: Callable[[list[str]], list[str]] | None = None
-    key: str = ""
-    extra_special: tuple[str, ...] = ()
-
-
-def document_hooks(cfg: ObjectiveConfig, max_len: int = 128) -> DocumentHooks:
-    """Collect the host-side document rewrites and extra special tokens of ``cfg.names``.
-
-    Rewrites compose in the order the objectives are named. Built before the
-    tokenizer exists, so the objectives see placeholder special-token ids here.
-    """
-    placeholder = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4, vocab_size=0)
-    objs = [o for o, _ in build_objectives(cfg, placeholder, max_len)]
-    extra: list[str] = []
-    for o in objs:
-        extra += [t for t in o.extra_special if t not in extra]
-    rewriters = [o for o in objs if o.document_key()]
-    if not rewriters:
-        return DocumentHooks(None, "", tuple(extra))
-
-    def transform(texts: list[str]) -> list[str]:
-        for o in rewriters:
-            texts = o.prepare_documents(texts)
-        return texts
-
-    return DocumentHooks(transform, "|".join(o.document_key() for o in rewriters), tuple(extra))
 
 
 def with_step(batch: Batch, step: jax.Array) -> Batch:

@@ -42,8 +42,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn.cluster import KMeans
 
-from tlm_jax.data.tokenizer import SpecialTokens
+from tlm_jax.data.tokenizer import SpecialTokens, tokenizer_hash
 from tlm_jax.errors import TLMError
 from tlm_jax.objectives.base import (
     Batch,
@@ -55,6 +56,7 @@ from tlm_jax.objectives.base import (
     register,
     sample_positions,
 )
+from tlm_jax.objectives.runs import require_runs
 
 # ------------------------------------------------------------------------------ sampling
 
@@ -150,7 +152,6 @@ def frequency_clusters(counts: np.ndarray, special: SpecialTokens, k: int) -> np
 def embedding_clusters(embedding: np.ndarray, special: SpecialTokens, k: int,
                        seed: int = 0) -> np.ndarray:
     """k-means (scikit-learn) of the L2-normalised word embeddings of the ordinary ids."""
-    from sklearn.cluster import KMeans  # noqa: PLC0415 - only this path needs it
 
     pool = special.ordinary_ids()
     x = np.asarray(embedding, np.float32)[pool]
@@ -297,10 +298,7 @@ class CRTS(RTS):
                                  minlength=self.special.vocab_size)
             return frequency_clusters(counts, self.special, k)
         if spec.startswith("embedding:"):
-            from tlm_jax.data.tokenizer import tokenizer_hash  # noqa: PLC0415
-            from tlm_jax.generate import load_run  # noqa: PLC0415
-
-            run = load_run(spec.split(":", 1)[1])
+            run = require_runs(self.runs, "C-RTS clusters=embedding:RUN").load(spec.split(":", 1)[1])
             if tokenizer_hash(run.tokenizer) != tokenizer_hash(corpus.tokenizer):
                 raise TLMError(f"the run {run.path} has another tokenizer than this corpus",
                                f"set data.tokenizer={run.path / 'tokenizer.json'}")

@@ -43,9 +43,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tlm_jax.data.tokenizer import tokenizer_hash
 from tlm_jax.errors import TLMError
 from tlm_jax.objectives.base import Batch, LossTerms, register
 from tlm_jax.objectives.clm import CLM, lm_logits, shift_labels
+from tlm_jax.objectives.runs import require_runs
 
 
 def kd_weight_schedule(step: jax.Array, weight: float, kd_steps: int, kind: str = "linear"
@@ -132,10 +134,7 @@ class SALT(CLM):
         path = self.options.get("teacher")
         if not path:
             raise TLMError("SALT needs a teacher run", "set objective.options.salt.teacher=RUN_DIR")
-        from tlm_jax.data.tokenizer import tokenizer_hash  # noqa: PLC0415
-        from tlm_jax.generate import load_run  # noqa: PLC0415
-
-        run = load_run(str(path))
+        run = require_runs(self.runs, "the SALT teacher").load(str(path))
         if run.cfg.model.arch != "gpt":
             raise TLMError(f"the SALT teacher {run.path} is a '{run.cfg.model.arch}' model",
                            "use a run pretrained with model.arch=gpt")

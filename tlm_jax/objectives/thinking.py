@@ -43,11 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from tlm_jax.data.cache import default_cache_dir
 from tlm_jax.errors import TLMError
 from tlm_jax.objectives.base import register
 from tlm_jax.objectives.clm import CLM
 from tlm_jax.objectives.conditional import segments, unit_hash
 from tlm_jax.objectives.lem import entity_spans
+from tlm_jax.objectives.runs import RunAccess, require_runs
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _YEAR = re.compile(r"\b(1[5-9]\d\d|20\d\d)\b")
@@ -134,20 +136,20 @@ class FileGenerator:
 class LMGenerator:
     """Trajectories sampled from a trained tlm_jax causal LM (cached in a JSONL file)."""
 
-    def __init__(self, run_dir: str, prompt_tokens: int = 48, max_new: int = 48,
+    def __init__(self, runs: RunAccess, run_dir: str, prompt_tokens: int = 48, max_new: int = 48,
                  temperature: float = 0.6, top_p: float = 0.9, seed: int = 0,
                  cache_dir: str | None = None) -> None:
-        from tlm_jax.data.cache import default_cache_dir  # noqa: PLC0415
-        from tlm_jax.generate import Generator, Sampling, load_run  # noqa: PLC0415
-
-        self.run = load_run(run_dir)
-        self.gen = Generator(self.run)
+        self.run = runs.load(run_dir)
+        self.gen = runs.sampler(self.run)
         room = self.gen.max_len - 1
         self.prompt_tokens = max(1, min(prompt_tokens, room - 1))
-        self.sampling = Sampling(max_new=max(1, min(max_new, room - self.prompt_tokens)),
-                                 temperature=temperature, top_p=top_p, seed=seed)
+        # The key fields and their order are those of the sampler's settings record (cache keys
+        # of trajectories sampled before stay valid).
+        self.sampling = {"max_new": max(1, min(max_new, room - self.prompt_tokens)),
+                         "temperature": temperature, "top_k": 0, "top_p": top_p, "greedy": False,
+                         "seed": seed}
         key = hashlib.sha256(json.dumps([str(self.run.path), self.run.step, self.prompt_tokens,
-                                         self.sampling.__dict__]).encode()).hexdigest()[:16]
+                                         self.sampling]).encode()).hexdigest()[:16]
         self._fp = f"lm:{key}"
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache_path = root / "thinking" / f"{key}.jsonl"
@@ -165,7 +167,9 @@ class LMGenerator:
             tok = self.run.tokenizer
             prompts = [[self.run.special.cls, *tok.encode(docs[i], add_special_tokens=False).ids[
                 :self.prompt_tokens]] for i in todo]
-            outs = self.gen.sample_ids(prompts, self.sampling)
+            outs = self.gen.sample(prompts, max_new=self.sampling["max_new"],
+                                   temperature=self.sampling["temperature"],
+                                   top_p=self.sampling["top_p"], seed=self.sampling["seed"])
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache_path, "a", encoding="utf-8") as f:
                 for i, o in zip(todo, outs, strict=True):
@@ -178,14 +182,17 @@ class LMGenerator:
         return self._fp
 
 
-def get_generator(spec: str, **options: Any) -> ThinkingGenerator:
-    """``template`` | ``file:PATH`` | ``lm:RUN_DIR`` | ``module:attr`` (factory) -> generator."""
+def get_generator(spec: str, runs: RunAccess | None = None, **options: Any) -> ThinkingGenerator:
+    """``template`` | ``file:PATH`` | ``lm:RUN_DIR`` | ``module:attr`` (factory) -> generator.
+
+    ``lm:`` samples from a trained run, reached through ``runs``.
+    """
     if spec == "template":
         return TemplateGenerator()
     if spec.startswith("file:"):
         return FileGenerator(spec[5:])
     if spec.startswith("lm:"):
-        return LMGenerator(spec[3:], **options)
+        return LMGenerator(require_runs(runs, "thinking generator=lm:RUN"), spec[3:], **options)
     if ":" in spec:
         module, _, attr = spec.partition(":")
         try:
@@ -225,7 +232,8 @@ class ThinkingCLM(CLM):
         """The configured generator (built on first use: an LM generator loads a run)."""
         if self._generator is None:
             opts = dict(self.options.get("generator_options", {}) or {})
-            self._generator = get_generator(str(self.options.get("generator", "template")), **opts)
+            self._generator = get_generator(str(self.options.get("generator", "template")), self.runs,
+                                            **opts)
         return self._generator
 
     @property

@@ -7,25 +7,21 @@ Built-in tasks (AG News, DBpedia-14, FewRel) read files under ``$TLM_DATA_DIR``
 options of :func:`make_splits` and return a :class:`ClassificationData`.
 """
 
-from tlm_jax.tasks.datasets import (
-    DATA_DIR_ENV,
+from tlm_jax.data.labeled import ClassificationData, Pool
+from tlm_jax.tasks.catalog import (
     TASKS,
-    ClassificationData,
-    Pool,
     TaskSpec,
     clean_ag_news_text,
-    infer_format,
     load_ag_news,
     load_dbpedia,
     load_fewrel,
-    load_generic,
     load_synthetic,
     load_task,
-    load_tfds_classification,
-    make_splits,
     mark_entities,
-    resolve_data_dir,
 )
+from tlm_jax.tasks.readers import DATA_DIR_ENV, infer_format, load_generic, resolve_data_dir
+from tlm_jax.tasks.splits import make_splits
+from tlm_jax.tasks.tfds_reader import load_tfds_classification
 
 __all__ = [
     "DATA_DIR_ENV",

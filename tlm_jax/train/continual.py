@@ -33,8 +33,13 @@ from tlm_jax.config import Config, read_config, validate
 from tlm_jax.data import mixture as mix
 from tlm_jax.data.corpus import Corpus, prepare_corpus
 from tlm_jax.data.pipeline import ExampleSource
-from tlm_jax.data.tokenizer import load_tokenizer, tokenizer_hash
+from tlm_jax.data.tokenizer import load_tokenizer, special_tokens, tokenizer_hash
 from tlm_jax.errors import TLMError
+from tlm_jax.models import build_model
+from tlm_jax.objectives import build_objectives, document_hooks
+from tlm_jax.train.checkpoint import Checkpointer
+from tlm_jax.train.optimizer import make_optimizer
+from tlm_jax.train.state import state_shardings
 
 
 def _init_run(cfg: Config) -> Path:
@@ -75,8 +80,6 @@ def resolve_init(cfg: Config, *, log: Callable[[str], None] = print) -> Config:
 
 
 def _old_corpus(cfg: Config, run: Path, log: Callable[[str], None]) -> tuple[Config, Corpus]:
-    from tlm_jax.objectives.base import document_hooks  # noqa: PLC0415
-
     old = read_config(run / "config.json")
     data = dataclasses.replace(old.data, tokenizer=str((run / "tokenizer.json").resolve()),
                                cache_dir=cfg.data.cache_dir or old.data.cache_dir)
@@ -168,13 +171,6 @@ def load_run_state(run: str | Path, mesh: jax.sharding.Mesh, *, step: int = 0,
     ``step`` 0 = the newest restorable checkpoint. The model is rebuilt from the run's
     own config (and its objectives' heads); parameters land in the mesh's shardings.
     """
-    from tlm_jax.data.tokenizer import special_tokens  # noqa: PLC0415
-    from tlm_jax.models import build_model  # noqa: PLC0415
-    from tlm_jax.objectives import build_objectives  # noqa: PLC0415
-    from tlm_jax.train.checkpoint import Checkpointer  # noqa: PLC0415
-    from tlm_jax.train.optimizer import make_optimizer  # noqa: PLC0415
-    from tlm_jax.train.state import state_shardings  # noqa: PLC0415
-
     run = Path(run)
     if not (run / "config.json").is_file() or not (run / "checkpoints").is_dir():
         raise TLMError(f"{run} is not a finished tlm pretrain run (config.json, checkpoints/)",

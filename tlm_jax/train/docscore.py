@@ -34,8 +34,13 @@ import numpy as np
 from tlm_jax import sharding as shd
 from tlm_jax.config import Config, ObjectiveConfig, read_config
 from tlm_jax.data.filters import Doc, register_scorer
-from tlm_jax.data.tokenizer import SpecialTokens, encode, load_tokenizer, special_tokens
+from tlm_jax.data.tokenizer import SpecialTokens, encode, load_tokenizer, padded_vocab, special_tokens
 from tlm_jax.errors import TLMError
+from tlm_jax.models import build_model
+from tlm_jax.objectives import build_objectives
+from tlm_jax.train.checkpoint import Checkpointer
+from tlm_jax.train.optimizer import make_optimizer
+from tlm_jax.train.state import state_shardings
 
 PPL_SEED = 4321  # fixed masks: a document's score must not depend on when it is scored
 
@@ -96,7 +101,6 @@ def nll_fn(model: nn.Module, arch: str, special: SpecialTokens, max_len: int, pa
             return (nll * w).sum(1) / jnp.where(w.sum(1) > 0, w.sum(1), jnp.nan)
 
         return jax.jit(fn)
-    from tlm_jax.objectives import build_objectives  # noqa: PLC0415
 
     # Every selected token becomes [MASK]: the standard pseudo-perplexity input.
     ocfg = ObjectiveConfig(names=["mlm"], mask_token_prob=1.0, random_token_prob=0.0)
@@ -168,12 +172,6 @@ def newest_step(run: Path) -> int:
 
 def load_scoring_run(run_dir: str | Path) -> ScoringRun:
     """Load the newest restorable checkpoint of a ``tlm pretrain`` workdir onto the host."""
-    from tlm_jax.models import build_model  # noqa: PLC0415
-    from tlm_jax.objectives import build_objectives  # noqa: PLC0415
-    from tlm_jax.train.checkpoint import Checkpointer  # noqa: PLC0415
-    from tlm_jax.train.optimizer import make_optimizer  # noqa: PLC0415
-    from tlm_jax.train.state import state_shardings  # noqa: PLC0415
-
     path = Path(run_dir).expanduser().resolve()
     if not (path / "config.json").is_file() or not (path / "tokenizer.json").is_file():
         raise TLMError(f"{path} is not a tlm pretrain run (config.json/tokenizer.json missing)",
@@ -182,8 +180,6 @@ def load_scoring_run(run_dir: str | Path) -> ScoringRun:
     tok = load_tokenizer(path / "tokenizer.json")
     special = special_tokens(tok)
     if not cfg.model.vocab_size:
-        from tlm_jax.train.loop import padded_vocab  # noqa: PLC0415
-
         cfg.model.vocab_size = padded_vocab(special.vocab_size)
     objectives = build_objectives(cfg.objective, special, cfg.data.max_len)
     model = build_model(cfg.model, token_classes=max((o.token_classes for o, _ in objectives),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,25 +23,21 @@ from tqdm.auto import tqdm
 
 from tlm_jax import sharding as shd
 from tlm_jax.config import Config, read_config, save_config, to_dict
-from tlm_jax.data.corpus import Corpus, prepare_corpus
-from tlm_jax.data.insertion import InsertionPlan, build_insertions
+from tlm_jax.data.corpus import Corpus
 from tlm_jax.data.pipeline import (
-    ExampleSource,
     epoch_of,
     eval_batches,
     make_dataset,
     make_iterator,
 )
-from tlm_jax.data.tokenizer import tokenizer_hash
+from tlm_jax.data.tokenizer import load_tokenizer, tokenizer_hash
 from tlm_jax.distributed import is_main_process, maybe_initialize
 from tlm_jax.errors import TLMError
-from tlm_jax.models import build_model, count_params
-from tlm_jax.objectives import build_objectives
-from tlm_jax.objectives.base import document_hooks
+from tlm_jax.models import count_params
 from tlm_jax.train.checkpoint import Checkpointer
-from tlm_jax.train.continual import continual_data, init_from_run, resolve_init
+from tlm_jax.train.continual import init_from_run, resolve_init
 from tlm_jax.train.metrics import MetricsLogger
-from tlm_jax.train.optimizer import make_optimizer
+from tlm_jax.train.run import Run, build_run, data_seed, total_steps
 from tlm_jax.train.selection import SelectionHook
 from tlm_jax.train.state import TrainState, create_state, state_shardings
 from tlm_jax.train.step import make_eval_step, make_train_step, summarize_eval
@@ -72,101 +67,11 @@ def _check_resume_config(cfg: Config, workdir: Path) -> None:
 def _save_tokenizer(corpus: Corpus, workdir: Path) -> None:
     path = workdir / "tokenizer.json"
     if path.exists():
-        from tlm_jax.data.tokenizer import load_tokenizer  # noqa: PLC0415
-
         if tokenizer_hash(load_tokenizer(path)) != tokenizer_hash(corpus.tokenizer):
             raise TLMError(f"{path} differs from the tokenizer of this data configuration "
                            "(vocabulary mismatch)", "use a new --workdir")
         return
     corpus.tokenizer.save(str(path))
-
-
-VOCAB_MULTIPLE = 128
-
-
-def padded_vocab(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
-    """Round the embedding table up so it divides any tensor-parallel size up to ``multiple``.
-
-    The extra rows are never inputs or targets; they only make the vocabulary axis shardable
-    (and its matmul better shaped), as Megatron and MaxText do.
-    """
-    return -(-n // multiple) * multiple
-
-
-def data_seed(cfg: Config) -> int:
-    """Seed of the training data order."""
-    return cfg.data.seed + cfg.train.seed
-
-
-def total_steps(cfg: Config, num_examples: int) -> int:
-    """``train.steps`` or, when 0, the steps for ``train.epochs`` passes over the data."""
-    if cfg.train.steps > 0:
-        return cfg.train.steps
-    if cfg.train.epochs <= 0:
-        raise TLMError("neither train.steps nor train.epochs is set", "set one of them")
-    return max(1, math.ceil(cfg.train.epochs * num_examples / cfg.train.batch_size))
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything :func:`pretrain` builds before the loop (reused by tests and tools)."""
-
-    cfg: Config
-    corpus: Corpus
-    model: nn.Module
-    objectives: list
-    mesh: jax.sharding.Mesh
-    train_source: ExampleSource
-    val_source: ExampleSource
-    steps: int
-    tx: Any
-    schedule: Any
-    # Named extra validation sets (logged as ``val_<name>``), e.g. a continual run's old corpus.
-    eval_sources: dict[str, ExampleSource] = dataclasses.field(default_factory=dict)
-    insertions: InsertionPlan | None = None  # Train-Once-Answer-All stream insertions
-
-
-def build_run(cfg: Config, *, log: Callable[[str], None] = print,
-              devices: list[jax.Device] | None = None) -> Run:
-    """Prepare data, model, objectives, mesh and optimizer for ``cfg`` (no state yet).
-
-    ``devices`` restricts the mesh to those devices (default: all).
-    """
-    cfg = resolve_init(cfg, log=log)
-    corpus = prepare_corpus(cfg.data, progress=cfg.train.progress and is_main_process(), log=log,
-                            hooks=document_hooks(cfg.objective, cfg.data.max_len))
-    n_tok = corpus.special.vocab_size
-    if cfg.model.vocab_size and cfg.model.vocab_size < n_tok:
-        raise TLMError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-                       f"{n_tok} tokens (vocabulary mismatch)",
-                       "drop model.vocab_size (it defaults to the tokenizer's, padded) or raise it")
-    if not cfg.model.vocab_size:
-        cfg.model.vocab_size = padded_vocab(n_tok)
-    objectives = build_objectives(cfg.objective, corpus.special, cfg.data.max_len, corpus=corpus)
-    token_classes = max((o.token_classes for o, _ in objectives), default=0)
-    model = build_model(cfg.model, token_classes=token_classes)
-    if cfg.train.parallel == "pmap":
-        mesh = shd.make_mesh(data=-1, fsdp=1, tensor=1, devices=devices or jax.local_devices())
-    else:
-        mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-    shd.check_model_fits(mesh, vocab=cfg.model.vocab_size, hidden=cfg.model.hidden,
-                         heads=cfg.model.heads, intermediate=cfg.model.intermediate,
-                         batch=cfg.train.batch_size // max(cfg.optim.grad_accum, 1))
-    train_source = ExampleSource(corpus.train, corpus.special, cfg.data.max_len, cfg.data.packing)
-    val_source = ExampleSource(corpus.val, corpus.special, cfg.data.max_len, cfg.data.packing)
-    train_source, eval_sources = continual_data(cfg, corpus, train_source, log=log)
-    steps = total_steps(cfg, len(train_source))
-    tx, schedule = make_optimizer(cfg.optim, steps)
-    insertions = build_insertions(cfg.interventions.file, corpus.tokenizer, corpus.special,
-                                  steps=steps, global_batch=cfg.train.batch_size,
-                                  max_len=cfg.data.max_len, seed=cfg.interventions.seed)
-    if insertions is not None and getattr(cfg.data, "selection", None) is not None \
-            and cfg.data.selection.method != "none":
-        raise TLMError("interventions.file cannot be combined with data.selection (the subset "
-                       "schedule replaces the stream the insertions are planned on)",
-                       "drop one of them")
-    return Run(cfg, corpus, model, objectives, mesh, train_source, val_source, steps, tx, schedule,
-               eval_sources, insertions)
 
 
 def _stream_transform(run: Run) -> Callable | None:

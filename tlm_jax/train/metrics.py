@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tensorboardX import SummaryWriter
+
 
 def _clean(v: Any) -> Any:
     if hasattr(v, "item"):
@@ -33,8 +35,6 @@ class MetricsLogger:
             return
         self._truncate(resume_step)
         if tensorboard:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional at import time
-
             self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def _truncate(self, resume_step: int) -> None:

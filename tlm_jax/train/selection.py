@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grain
 import jax
@@ -41,9 +41,7 @@ from tlm_jax.data.selection import (
 )
 from tlm_jax.errors import TLMError
 from tlm_jax.train.docscore import example_features
-
-if TYPE_CHECKING:
-    from tlm_jax.train.loop import Run
+from tlm_jax.train.run import Run
 
 PLAN_FILE = "selection.npz"
 INFO_FILE = "selection.json"

@@ -30,8 +30,9 @@ class TrainState:
     rng: jax.Array
 
 
-def _boxed_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                 length: int) -> TrainState:
+def boxed_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                length: int) -> TrainState:
+    """A freshly initialised state whose leaves still carry their logical axis names."""
     init_rng, state_rng = jax.random.split(rng)
     variables = init_variables(model, init_rng, length)
     params = variables["params"]
@@ -44,7 +45,7 @@ def _boxed_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Ar
 def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                     length: int) -> tuple[TrainState, TrainState]:
     """``(abstract_state, shardings)`` for the unboxed state on ``mesh``."""
-    abstract_boxed = jax.eval_shape(lambda r: _boxed_state(model, tx, r, length),
+    abstract_boxed = jax.eval_shape(lambda r: boxed_state(model, tx, r, length),
                                     jax.random.PRNGKey(0))
     shardings = shd.shardings_of(abstract_boxed, mesh)
     abstract = shd.unbox(abstract_boxed)
@@ -55,7 +56,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                  length: int) -> tuple[TrainState, TrainState]:
     """Initialise the state directly into its shardings (no host copy of the params)."""
     _, shardings = state_shardings(model, tx, mesh, length)
-    init = jax.jit(lambda r: shd.unbox(_boxed_state(model, tx, r, length)),
+    init = jax.jit(lambda r: shd.unbox(boxed_state(model, tx, r, length)),
                    out_shardings=shardings)
     return init(jax.random.PRNGKey(seed)), shardings
 
