@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax
+import jax
+
 os.environ.setdefault("TLM_CACHE_DIR", "/tmp/tlmcache_bench")
 
 
@@ -26,17 +29,11 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-    import jax  # noqa: PLC0415
-
     info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(),
                             "python": platform.python_version(), "jax": jax.__version__,
                             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                             "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    try:
-        import flax  # noqa: PLC0415
-        info["flax"] = flax.__version__
-    except ImportError:
-        pass
+    info["flax"] = flax.__version__
     return info
 
 
@@ -67,8 +64,6 @@ BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 
 def accelerator() -> dict[str, Any]:
     """Platform and device kind of JAX's first device, with its table bf16 peak if known."""
-    import jax  # noqa: PLC0415
-
     d = jax.devices()[0]
     kind = getattr(d, "device_kind", "") or ""
     peak = next((p for name, p in BF16_PEAK_TFLOPS if name.lower() in kind.lower()), None)

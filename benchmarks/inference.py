@@ -26,6 +26,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import interleaved, machine  # noqa: E402
+from tlm_jax.config import MODEL_PRESETS, load_config
+from tlm_jax.models.batching import default_chunk_rows, map_in_chunks
+from tlm_jax.models.classifier import SequenceClassifier
+from tlm_jax.sharding import unbox
 
 VOCAB = 16384
 
@@ -37,11 +41,6 @@ def build_ours(preset: str, batch: int, seq: int, dtype: str, fast: bool = True)
     only, and on a CPU the batch in cache-sized row chunks (``models/batching.py``).
     ``fast=False``: the whole encoder's output in one piece (the computation before both).
     """
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.models.batching import default_chunk_rows, map_in_chunks  # noqa: PLC0415
-    from tlm_jax.models.classifier import SequenceClassifier  # noqa: PLC0415
-    from tlm_jax.sharding import unbox  # noqa: PLC0415
-
     cfg = load_config(None, [f"model.preset={preset}", f"model.vocab_size={VOCAB}",
                              f"model.dtype={dtype}"])
     model = SequenceClassifier(cfg.model, 2)
@@ -67,8 +66,8 @@ def build_ours(preset: str, batch: int, seq: int, dtype: str, fast: bool = True)
 def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: int,
                 threads: int = 0, rows: int = 0) -> Any:
     """HF ``BertForSequenceClassification``; ``rows > 0`` runs the batch in chunks of that many."""
-    import torch  # noqa: PLC0415
-    from transformers import BertConfig, BertForSequenceClassification  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - optional torch peer
+    from transformers import BertConfig, BertForSequenceClassification  # noqa: PLC0415 - optional torch peer
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     cfg = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers,
@@ -99,9 +98,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="also time ours with the whole last layer (no [CLS]-only prefix)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    from tlm_jax.config import MODEL_PRESETS  # noqa: PLC0415
-    from tlm_jax.models.batching import default_chunk_rows  # noqa: PLC0415
-
     info = machine()
     print(f"# {info}", flush=True)
     print(f"CPU: {info['cpu']} ({info['cores']} cores); seq {a.seq}, f32, median latency")

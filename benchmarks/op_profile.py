@@ -37,6 +37,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):  # must precede JAX's backend s
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 
 import jax  # noqa: E402
+from jax.profiler import ProfileData  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
 from benchmarks.train_step import build_ours  # noqa: E402
@@ -70,8 +71,6 @@ def gpu_op_times(trace_dir: str, steps: int, known: set[str]) -> tuple[dict[str,
     (``loop_add_fusion_5`` for ``loop_add_fusion.5``) are matched to the HLO instead; library
     kernels (cuBLAS ``nvjet_*``) keep their own names.
     """
-    from jax.profiler import ProfileData  # noqa: PLC0415
-
     path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if not path:
         raise FileNotFoundError(f"no xplane.pb under {trace_dir}")

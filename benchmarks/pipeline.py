@@ -27,6 +27,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
+from tlm_jax import sharding as shd
+from tlm_jax.config import load_config
+from tlm_jax.data.corpus import prepare_corpus
+from tlm_jax.data.pipeline import ExampleSource, make_dataset, make_iterator
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -40,11 +44,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the train step's rate (from benchmarks.train_step) for the ratio")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-
-    from tlm_jax import sharding as shd  # noqa: PLC0415
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.corpus import prepare_corpus  # noqa: PLC0415
-    from tlm_jax.data.pipeline import ExampleSource, make_dataset, make_iterator  # noqa: PLC0415
 
     info = machine()
     print(f"# {info}", flush=True)

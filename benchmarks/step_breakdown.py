@@ -16,12 +16,11 @@ import jax
 
 from benchmarks.common import accelerator, interleaved, machine
 from benchmarks.train_step import build_ours, step_arg_parser
+from tlm_jax.train.step import _forward_terms, _prepare
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = step_arg_parser(__doc__ or "", steps=10).parse_args(argv)
-    from tlm_jax.train.step import _forward_terms, _prepare  # noqa: PLC0415
-
     info = {**machine(), **accelerator()}
     print(f"# {info}", flush=True)
     ours = build_ours(a.model, a.batch, a.seq, a.dtype, a.dropout, tuple(a.set), a.vocab)

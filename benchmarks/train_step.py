@@ -44,6 +44,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import accelerator, interleaved, machine  # noqa: E402
+from tlm_jax.config import load_config
+from tlm_jax.data.pipeline import make_dataset
+from tlm_jax.train.loop import _mesh_context, compile_steps
+from tlm_jax.train.run import build_run, data_seed
+from tlm_jax.train.state import create_state
 
 VOCAB = 16384
 
@@ -51,12 +56,6 @@ VOCAB = 16384
 # --------------------------------------------------------------------------- ours
 def build_ours(model: str, batch: int, seq: int, dtype: str, dropout: float = 0.1,
                overrides: tuple[str, ...] = (), vocab: int = VOCAB) -> dict[str, Any]:
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.pipeline import make_dataset  # noqa: PLC0415
-    from tlm_jax.train.run import build_run, data_seed  # noqa: PLC0415
-    from tlm_jax.train.loop import _mesh_context, compile_steps  # noqa: PLC0415
-    from tlm_jax.train.state import create_state  # noqa: PLC0415
-
     cfg = load_config(None, [
         f"model.preset={model}", f"model.vocab_size={vocab}", f"model.max_len={max(seq, 128)}",
         f"model.dtype={'bfloat16' if dtype == 'bf16' else 'float32'}",
@@ -196,8 +195,8 @@ def build_torch(layers: int, hidden: int, heads: int, ff: int, batch: int, seq: 
     before the one optimizer update (each microbatch has the same number of predictions,
     so ``mean / accum`` per microbatch gives exactly the full-batch loss).
     """
-    import torch  # noqa: PLC0415
-    from transformers import BertConfig, BertForMaskedLM  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - optional torch peer
+    from transformers import BertConfig, BertForMaskedLM  # noqa: PLC0415 - optional torch peer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

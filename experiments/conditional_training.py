@@ -29,12 +29,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from experiments.common import environment, log, md_table, plt, write_report
+from tlm_jax.config import load_config
+from tlm_jax.data.corpus import doc_factory, prepare_corpus
+from tlm_jax.errors import TLMError
+from tlm_jax.generate import Generator, Sampling
+from tlm_jax.objectives import build_objectives, document_hooks
+from tlm_jax.objectives.conditional import BAD, GOOD, segments
+from tlm_jax.objectives.scorers import LexiconScorer, words
+from tlm_jax.train.loop import pretrain
+from tlm_jax.train.pretrained import load_run
 
 WIKI_GLOB = "$TLM_DATA_DIR/wikipedia_en_excerpt/*.gz"
 
@@ -92,9 +106,6 @@ def run_overrides(p: Preset, objective: str) -> list[str]:
 
 def pretrain_run(p: Preset, objective: str, workdir: Path) -> dict[str, Any]:
     """Train (or reuse a finished) run; returns its summary."""
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.train.loop import pretrain  # noqa: PLC0415
-
     done = workdir / "summary.json"
     if done.is_file() and json.loads(done.read_text()).get("steps") == p.steps:
         log(f"{workdir.name}: finished earlier, reused")
@@ -128,10 +139,6 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
 
 def sample_and_score(run_dir: Path, control: str | None, p: Preset, seed: int) -> dict[str, Any]:
     """Samples of one setting and their lexicon scores."""
-    from tlm_jax.generate import Generator, Sampling  # noqa: PLC0415
-    from tlm_jax.train.pretrained import load_run  # noqa: PLC0415
-    from tlm_jax.objectives.scorers import LexiconScorer, words  # noqa: PLC0415
-
     gen = Generator(load_run(run_dir))
     s = Sampling(max_new=p.max_new, temperature=0.7, top_p=0.9, seed=seed)
     t0 = time.perf_counter()
@@ -157,10 +164,6 @@ def sample_and_score(run_dir: Path, control: str | None, p: Preset, seed: int) -
 
 def data_stats(p: Preset) -> dict[str, float]:
     """Bad-sentence fraction of the training documents (the conditional run's labels)."""
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.corpus import prepare_corpus  # noqa: PLC0415
-    from tlm_jax.objectives import build_objectives, document_hooks  # noqa: PLC0415
-
     cfg = load_config(None, run_overrides(p, "conditional"))
     corpus = prepare_corpus(cfg.data, progress=False, log=lambda _: None,
                             hooks=document_hooks(cfg.objective, cfg.data.max_len))  # cached
@@ -176,16 +179,6 @@ def control_sensitivity(p: Preset, run_dir: Path, max_each: int = 300) -> dict[s
     and = bad. The mean NLL per sentence token (control token not scored) should be
     lower under the matching token.
     """
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.corpus import doc_factory  # noqa: PLC0415
-    from tlm_jax.train.pretrained import load_run  # noqa: PLC0415
-    from tlm_jax.objectives.conditional import BAD, GOOD, segments  # noqa: PLC0415
-    from tlm_jax.objectives.scorers import LexiconScorer  # noqa: PLC0415
-
     run = load_run(run_dir)
     scorer = LexiconScorer()
     cfg = load_config(None, run_overrides(p, "conditional"))
@@ -371,17 +364,11 @@ exactly the same quantity.
 
 
 def _lexicon() -> frozenset[str]:
-    from tlm_jax.objectives.scorers import LexiconScorer  # noqa: PLC0415
-
     return LexiconScorer().lexicon
 
 
 def main() -> None:
     """Command-line entry point."""
-    import sys  # noqa: PLC0415
-
-    from tlm_jax.errors import TLMError  # noqa: PLC0415
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))

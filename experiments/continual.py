@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from experiments import common as C
+from tlm_jax.eval.metrics import t_quantile_975
+from tlm_jax.eval.stability import stability_gap
+from tlm_jax.train.metrics import read_metrics
 
 WIKITEXT_GLOB = "$TLM_DATA_DIR/wikitext2_v1_tokenized/*.txt.gz"
 
@@ -131,8 +134,6 @@ def continual_spec(preset: C.Preset, s: Settings, base: Path, recipe: str, seed:
 
 def curves(run: Path) -> dict[str, dict[str, list[float]]]:
     """``{"new": {...}, "old": {...}}``: steps, MLM loss and accuracy of both validation sets."""
-    from tlm_jax.train.metrics import read_metrics  # noqa: PLC0415
-
     out = {}
     for key, split in (("new", "val"), ("old", "val_old")):
         # One record per step (the last): a run restarted by an older version of the
@@ -147,8 +148,6 @@ def curves(run: Path) -> dict[str, dict[str, list[float]]]:
 
 def analyse(cur: dict[str, dict[str, list[float]]], s: Settings) -> dict[str, Any]:
     """Stability-gap statistics of every curve of one run."""
-    from tlm_jax.eval.stability import stability_gap  # noqa: PLC0415
-
     out = {}
     for corpus, c in cur.items():
         for metric in ("loss", "accuracy"):
@@ -186,8 +185,6 @@ def _steps_of(overrides: tuple[str, ...]) -> int:
 
 
 def _ci(values: list[float]) -> dict[str, float]:
-    from tlm_jax.eval.metrics import t_quantile_975  # noqa: PLC0415
-
     v = np.asarray(values, np.float64)
     half = (t_quantile_975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
     return {"mean": float(v.mean()), "ci95": float(half), "n": len(v)}

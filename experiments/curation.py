@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experiments import common as C
 from experiments.ingenious import compare, finetune_arms, run_overrides, val_curve, variant
+from tlm_jax.config import load_config
+from tlm_jax.data.corpus import prepare_corpus
+from tlm_jax.data.filters import Doc, LexiconToxicity
+from tlm_jax.errors import TLMError
+from tlm_jax.tasks.finetune import paired_gap
 
 FILTERS = ("quality", "toxicity")
 
@@ -85,8 +93,6 @@ def arm_name(s: Settings, t: float) -> str:
 def specs(preset: C.Preset, s: Settings, root: Path) -> dict[str, C.PretrainSpec]:
     """The unfiltered run and one filtered run per threshold (sharing its tokenizer)."""
     if s.filter not in FILTERS:
-        from tlm_jax.errors import TLMError  # noqa: PLC0415
-
         raise TLMError(f"unknown filter {s.filter!r} for this experiment",
                        f"use one of: {', '.join(FILTERS)}")
     base = C.pretrain_spec(preset, num_docs=s.docs, steps=s.steps)
@@ -108,12 +114,6 @@ def specs(preset: C.Preset, s: Settings, root: Path) -> dict[str, C.PretrainSpec
 
 def pool_toxicity(spec: C.PretrainSpec) -> dict[str, Any]:
     """The lexicon toxicity score over the pool's training articles (context for thresholds)."""
-    import numpy as np  # noqa: PLC0415
-
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.corpus import prepare_corpus  # noqa: PLC0415
-    from tlm_jax.data.filters import Doc, LexiconToxicity  # noqa: PLC0415
-
     corpus = prepare_corpus(load_config(None, list(spec.overrides)).data, progress=False,
                             log=lambda _: None)
     sc = LexiconToxicity()
@@ -133,10 +133,6 @@ def pool_toxicity(spec: C.PretrainSpec) -> dict[str, Any]:
 
 def collect(preset: C.Preset, root: Path, s: Settings, tasks: list[str]) -> dict[str, Any]:
     """Run (or load) every pretraining run, fine-tune and the twin."""
-    import json  # noqa: PLC0415
-
-    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
-
     ft_preset = dataclasses.replace(preset, tasks=s.task_sizes or preset.tasks)
     arms = specs(preset, s, root)
     runs: dict[str, Any] = {}

@@ -30,7 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experiments import common as C
+from tlm_jax.config import load_config
+from tlm_jax.data.corpus import prepare_corpus
+from tlm_jax.data.pipeline import ExampleSource
+from tlm_jax.data.selection import SelectionPlan, SubsetSchedule
+from tlm_jax.tasks.finetune import paired_gap
+from tlm_jax.train.metrics import read_metrics
+from tlm_jax.train.run import data_seed
 
 ARMS = ("full", "ingenious", "ingenious_centred", "random")
 SELECTED = ARMS[1:]
@@ -134,29 +143,18 @@ def finetune_arms(ft_preset: C.Preset, root: Path, arms: dict[str, C.PretrainSpe
 
 def val_curve(workdir: Path) -> list[tuple[int, float]]:
     """``(step, validation MLM loss)`` of a pretraining run."""
-    from tlm_jax.train.metrics import read_metrics  # noqa: PLC0415
-
     return [(int(r["step"]), float(r["mlm_loss"])) for r in read_metrics(workdir, "val")
             if "mlm_loss" in r]
 
 
 def num_examples(cfg: Any) -> int:
     """Training examples of a run config (documents, or packed windows): its corpus is cached."""
-    from tlm_jax.data.corpus import prepare_corpus  # noqa: PLC0415
-    from tlm_jax.data.pipeline import ExampleSource  # noqa: PLC0415
-
     corpus = prepare_corpus(cfg.data, progress=False, log=lambda _: None)
     return len(ExampleSource(corpus.train, corpus.special, cfg.data.max_len, cfg.data.packing))
 
 
 def examples_seen(spec: C.PretrainSpec, workdir: Path) -> dict[str, Any]:
     """How many distinct training examples a run read, and how often on average."""
-    import numpy as np  # noqa: PLC0415
-
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.selection import SelectionPlan, SubsetSchedule  # noqa: PLC0415
-    from tlm_jax.train.run import data_seed  # noqa: PLC0415
-
     cfg = load_config(None, list(spec.overrides))
     steps, batch = cfg.train.steps, cfg.train.batch_size
     plan_path = workdir / "selection.npz"
@@ -175,8 +173,6 @@ def examples_seen(spec: C.PretrainSpec, workdir: Path) -> dict[str, Any]:
 
 def collect(preset: C.Preset, root: Path, s: Settings, tasks: list[str]) -> dict[str, Any]:
     """Run (or load) the three arms, their fine-tunes and the shared twin."""
-    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
-
     ft_preset = dataclasses.replace(preset, tasks=s.task_sizes or preset.tasks)
     arms = specs(preset, s, root)
     runs: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from typing import Any
 
 from experiments import common as C
 from experiments import sparse_runs as S
+from tlm_jax.tasks.finetune import paired_gap
 
 DENSITY = 0.03
 
@@ -45,8 +46,6 @@ def collect(preset: C.Preset, root: Path, budget: S.Budget, seeds: list[int]) ->
                           budget.timing_steps, budget.timing_rounds)
     ft = S.finetune_runs(preset, root, runs, budget.task, seeds)
     twin = S.twin_finetune(preset, root, runs["dense"], budget.task, seeds)
-    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
-
     return {"runs": {k: {"spec": spec.name, "overrides": list(spec.overrides),
                          "pretrain": C.pretrain_summary(wd), "curve": S.val_curve(wd)}
                      for k, (spec, wd) in runs.items()},

@@ -15,11 +15,15 @@ runs its members one after another).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from experiments import common as C
+from tlm_jax.config import read_config
 from tlm_jax.eval.committee import committee_scores, measure_latency
+from tlm_jax.eval.metrics import mean_ci95
+from tlm_jax.tasks.finetune import paired_gap
 
 __all__ = ["collect", "committee_scores", "committee_steps", "measure_latency", "member_specs",
            "render", "run"]
@@ -71,9 +75,6 @@ def collect(preset: C.Preset, root: Path, tasks: list[str], seeds: list[int], k:
 
 def render(out: dict[str, Any], preset: C.Preset, seeds: list[int], latency: dict[str, Any],
            workdir: Path, length: int) -> tuple[str, dict[str, Any]]:
-    from tlm_jax.eval.metrics import mean_ci95  # noqa: PLC0415
-    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
-
     plt = C.plt()
     md = [f"# Soft committee of shallow models vs a deep model ({preset.name} preset)", "",
           f"{len(out['members'])} shallow models (`{' '.join(preset.shallow_model)}`) pretrained "
@@ -186,8 +187,6 @@ def render(out: dict[str, Any], preset: C.Preset, seeds: list[int], latency: dic
 
 
 def run(args: argparse.Namespace) -> None:
-    from tlm_jax.config import read_config  # noqa: PLC0415
-
     preset = C.PRESETS[args.preset]
     seeds = C.parse_seeds(args.seeds, preset.seeds)
     k = args.k or preset.committee_k
@@ -202,8 +201,6 @@ def run(args: argparse.Namespace) -> None:
     length = int(first.get("sequence_length") or 0) or preset.max_len
     seed_res = root / "finetune" / f"{out['members'][0]}__{t0}" / f"seed_{seeds[0]}" / "results.json"
     if seed_res.is_file():
-        import json  # noqa: PLC0415
-
         length = int(json.loads(seed_res.read_text()).get("sequence_length", length))
     shallow_cfg = read_config(root / "pretrain" / out["members"][0] / "config.json").model
     deep_cfg = read_config(root / "pretrain" / out["deep"] / "config.json").model

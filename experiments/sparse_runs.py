@@ -19,7 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
+
 from experiments import common as C
+from tlm_jax import sharding as shd
+from tlm_jax.commands.mem import linear_comparison, memory_report
+from tlm_jax.config import load_config, read_config
+from tlm_jax.data.pipeline import make_dataset
+from tlm_jax.tasks.finetune import paired_gap
+from tlm_jax.train.loop import compile_steps
+from tlm_jax.train.metrics import read_metrics
+from tlm_jax.train.run import build_run, data_seed
+from tlm_jax.train.state import create_state
 
 
 @dataclass(frozen=True)
@@ -70,15 +82,11 @@ def variant(base: C.PretrainSpec, kind: str, extra: tuple[str, ...]) -> C.Pretra
 
 def model_hidden(spec: C.PretrainSpec) -> int:
     """The hidden size the spec's overrides resolve to."""
-    from tlm_jax.config import load_config  # noqa: PLC0415
-
     return load_config(None, list(spec.overrides)).model.hidden
 
 
 def val_curve(workdir: Path) -> list[tuple[int, float]]:
     """``(step, validation MLM loss)`` of a pretraining run."""
-    from tlm_jax.train.metrics import read_metrics  # noqa: PLC0415
-
     return [(int(r["step"]), float(r["mlm_loss"])) for r in read_metrics(workdir, "val")
             if "mlm_loss" in r]
 
@@ -94,16 +102,6 @@ def step_times(specs: dict[str, C.PretrainSpec], root: Path, steps: int, rounds:
     """
     if rounds <= 0:
         return {}
-    import flax.linen as nn  # noqa: PLC0415
-    import jax  # noqa: PLC0415
-
-    from tlm_jax import sharding as shd  # noqa: PLC0415
-    from tlm_jax.config import load_config  # noqa: PLC0415
-    from tlm_jax.data.pipeline import make_dataset  # noqa: PLC0415
-    from tlm_jax.train.run import build_run, data_seed  # noqa: PLC0415
-    from tlm_jax.train.loop import compile_steps  # noqa: PLC0415
-    from tlm_jax.train.state import create_state  # noqa: PLC0415
-
     key = hashlib.sha256(json.dumps({k: list(s.overrides) for k, s in specs.items()}
                                     | {"steps": steps, "rounds": rounds}).encode()
                          ).hexdigest()[:12]
@@ -147,9 +145,6 @@ def best_step_s(timing: dict[str, dict[str, Any]], name: str) -> float | None:
 
 def run_memory(workdir: Path) -> dict[str, Any]:
     """``tlm mem``'s dense-vs-configured comparison for a run's config (one device)."""
-    from tlm_jax.commands.mem import linear_comparison, memory_report  # noqa: PLC0415
-    from tlm_jax.config import read_config  # noqa: PLC0415
-
     cfg = read_config(Path(workdir) / "config.json")
     mesh = {"data": 1, "fsdp": 1, "tensor": 1}
     if cfg.model.linear == "dense":
@@ -174,8 +169,6 @@ def twin_finetune(preset: C.Preset, root: Path, dense: tuple[C.PretrainSpec, Pat
 def context_lines(ft: dict[str, dict[str, Any]], twin: dict[str, Any], task: str,
                   steps: int) -> list[str]:
     """Markdown lines placing the fine-tuned accuracies next to random init and TF-IDF."""
-    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
-
     dense = ft["dense"]
     base = dense.get("baseline")
     lines = [f"Random-init twin (no pretraining, the same dense architecture, seeds and splits): "

@@ -22,6 +22,9 @@ from typing import Any
 
 from experiments import common as C
 from experiments import sparse_runs as S
+from tlm_jax.config import read_config
+from tlm_jax.models.flops import pretrain_flops
+from tlm_jax.tasks.finetune import paired_gap
 
 SPARSITIES = (0.5, 0.75)
 
@@ -42,10 +45,6 @@ def collect(preset: C.Preset, root: Path, budget: S.Budget, seeds: list[int],
                           budget.timing_steps, budget.timing_rounds)
     ft = S.finetune_runs(preset, root, runs, budget.task, seeds)
     twin = S.twin_finetune(preset, root, runs["dense"], budget.task, seeds)
-    from tlm_jax.config import read_config  # noqa: PLC0415
-    from tlm_jax.models.flops import pretrain_flops  # noqa: PLC0415
-    from tlm_jax.tasks.finetune import paired_gap  # noqa: PLC0415
-
     out: dict[str, Any] = {"runs": {}, "timing": timing, "finetune": ft, "gaps": {},
                            "twin": twin}
     for k, (spec, wd) in runs.items():

@@ -20,14 +20,15 @@ import numpy as np
 
 from experiments import common as C
 from experiments import data_size as DS
+from tlm_jax.config import read_config
+from tlm_jax.data.corpus import prepare_corpus
+from tlm_jax.data.tokenizer import encode
 from tlm_jax.eval import overlap as O
+from tlm_jax.tasks.finetune import load_finetune_config, load_task_data
 
 
 def _corpus_counts(run: Path) -> tuple[np.ndarray, Any, np.ndarray, Any]:
     """Token counts and word counts of a run's pretraining (training) tokens."""
-    from tlm_jax.config import read_config  # noqa: PLC0415
-    from tlm_jax.data.corpus import prepare_corpus  # noqa: PLC0415
-
     cfg = read_config(run / "config.json")
     corpus = prepare_corpus(cfg.data, progress=False, log=lambda _: None)
     tok = corpus.tokenizer
@@ -41,9 +42,6 @@ def _corpus_counts(run: Path) -> tuple[np.ndarray, Any, np.ndarray, Any]:
 
 
 def _task_docs(task: str, preset: C.Preset, tokenizer: Any) -> list[np.ndarray]:
-    from tlm_jax.data.tokenizer import encode  # noqa: PLC0415
-    from tlm_jax.tasks.finetune import load_finetune_config, load_task_data  # noqa: PLC0415
-
     cfg = load_finetune_config(None, C.finetune_overrides(preset, task), task=task)
     data = load_task_data(cfg.task, 0)
     texts = [*data.train_texts, *data.val_texts, *data.test_texts]

@@ -163,8 +163,8 @@ def test_gpt_pretrain_generate_and_finetune_end_to_end(tmp_path: Path, capsys) -
     from tlm_jax.cli import main
     from tlm_jax.tasks.finetune import finetune, load_finetune_config
     from tlm_jax.train.loop import pretrain
-    from tlm_jax.train.run import build_run
     from tlm_jax.train.pretrained import load_run
+    from tlm_jax.train.run import build_run
 
     wd = tmp_path / "run"
     cfg = load_config(None, GPT_PRE)

@@ -42,7 +42,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.cluster import KMeans
 
 from tlm_jax.data.tokenizer import SpecialTokens, tokenizer_hash
 from tlm_jax.errors import TLMError
@@ -152,6 +151,7 @@ def frequency_clusters(counts: np.ndarray, special: SpecialTokens, k: int) -> np
 def embedding_clusters(embedding: np.ndarray, special: SpecialTokens, k: int,
                        seed: int = 0) -> np.ndarray:
     """k-means (scikit-learn) of the L2-normalised word embeddings of the ordinary ids."""
+    from sklearn.cluster import KMeans  # noqa: PLC0415 - reason: ~3 s to import, only C-RTS needs it
 
     pool = special.ordinary_ids()
     x = np.asarray(embedding, np.float32)[pool]

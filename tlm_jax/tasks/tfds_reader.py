@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from tlm_jax.data.labeled import ClassificationData, Pool
+from tlm_jax.data.source_readers import import_tfds
 from tlm_jax.errors import TLMError
 from tlm_jax.tasks.readers import TEXT_JOINER, join_text, label_mapping
 from tlm_jax.tasks.splits import make_splits
@@ -85,6 +85,7 @@ def load_tfds_classification(
     label_names: list[str] | None = None
     raw: dict[str, tuple[list[str], list[Any]]] = {}
     version = None
+    tfds = import_tfds()
     for role, split in keys.items():
         try:
             source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
