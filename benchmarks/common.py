@@ -28,8 +28,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The CPU features that decide which matmul kernels XLA and torch can use: without
+# avx512_bf16 (or amx_bf16) a bf16 matmul is emulated and slower than f32.
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`MATMUL_FLAGS` this CPU reports (Linux ``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in MATMUL_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(),
+    info: dict[str, Any] = {"cpu": cpu_model(), "cpu_flags": " ".join(cpu_flags()),
+                            "cores": os.cpu_count(),
                             "python": platform.python_version(), "jax": jax.__version__,
                             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                             "xla_flags": os.environ.get("XLA_FLAGS", "")}

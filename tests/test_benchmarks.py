@@ -116,3 +116,15 @@ def test_flop_formula_equals_the_ceilings_matmuls(masked_last: bool) -> None:
     if masked_last:
         full = model_flops(6, 256, 1024, 16384, 32, 128, 20)["total"]
         assert 0.89 < fl["total"] / full < 0.91
+
+
+def test_every_dot_of_the_bf16_step_stays_bf16() -> None:
+    """The compiled bf16 train step has no matmul upcast to f32 (XLA:CPU's bf16 path needs
+    the left operand to contract its last dimension); the census itself catches an upcast."""
+    from benchmarks import dot_forms
+
+    res = dot_forms.main(["--model", "tiny", "--batch", "4", "--seq", "32", "--vocab", "4096",
+                          "--dtype", "bf16", "--grad-accum", "2", "--json"])
+    assert res["dots"] > 0 and res["f32_dots"] == 0
+    assert res["bf16_dots"] == res["dots"]
+    assert dot_forms.reference_upcast()["f32_dots"] == 1
