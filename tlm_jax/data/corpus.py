@@ -19,6 +19,11 @@ everything it depends on, so a second run with the same settings does no work:
 2. the filter scores (one array per scorer) -- plan + scorer fingerprint;
 3. the trained tokenizer -- plan (+ filters) + vocabulary settings;
 4. the token arrays -- plan (+ filters) + tokenizer hash + token budget.
+
+Each entry is a pure function of its key (the trained tokenizer too: same bytes on any
+machine, :func:`~tlm_jax.data.tokenizer.train_wordpiece`), and concurrent runs sharing a cold
+cache build each entry once: the first takes the entry's lock, the others wait and reuse
+what it published (:mod:`tlm_jax.data.locks`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from tokenizers import Tokenizer
 from tlm_jax.config import DataConfig, expand_path
 from tlm_jax.data import cache as cache_lib
 from tlm_jax.data import filters as filters_lib
-from tlm_jax.data.sources import iter_documents, iter_records, source_fingerprint
+from tlm_jax.data import locks
+from tlm_jax.data.sources import iter_documents, iter_records, source_fingerprint, source_options
 from tlm_jax.data.subset import SubsetPlan, iter_selected, plan_subset, take_words
 from tlm_jax.data.synthetic import synthetic_corpus
 from tlm_jax.data.tokenizer import (
@@ -152,10 +158,7 @@ def resolve_source(cfg: DataConfig) -> SourceSpec:
     """The source part of ``cfg``: kind, expanded paths and reading options."""
     if cfg.source == "synthetic":
         return SourceSpec("synthetic", synthetic_docs=cfg.synthetic_docs, seed=cfg.seed)
-    options = dict(text_field=cfg.text_field, domains=list(cfg.domains) or None,
-                   tfds_name=cfg.tfds_name or None, tfds_split=cfg.tfds_split,
-                   tfds_data_dir=cfg.tfds_data_dir or None)
-    return SourceSpec(cfg.source, tuple(expand_path(p) for p in cfg.paths), options)
+    return SourceSpec(cfg.source, tuple(expand_path(p) for p in cfg.paths), source_options(cfg))
 
 
 def resolve_corpus(cfg: DataConfig, hooks: Any = None) -> CorpusSpec:
@@ -228,20 +231,21 @@ def plan_documents(spec: CorpusSpec, log: Callable[[str], None] = print) -> Plan
     key = _hash({"src": spec.source_key, "subset": s.mode, "n": s.num_docs, "seed": s.seed,
                  "val_fraction": s.val_fraction, "val_docs": s.val_docs})
     path = spec.cache_root / "plans" / f"{key}.npz"
-    if path.is_file():
-        z = np.load(path)
+
+    def build() -> None:
+        t0 = time.perf_counter()
+        plan = plan_subset(spec.source.documents, mode=s.mode, num_docs=s.num_docs or None,
+                           seed=s.seed, val_fraction=0.0 if s.val_docs else s.val_fraction,
+                           val_docs=s.val_docs or None)
+        locks.publish_file(path, lambda tmp: np.savez(tmp, train_ids=plan.train_ids,
+                                                      val_ids=plan.val_ids, total_docs=plan.total_docs))
+        log(f"subset: {len(plan.train_ids)} train / {len(plan.val_ids)} val documents of "
+            f"{plan.total_docs} ({time.perf_counter() - t0:.1f}s)")
+
+    with cache_lib.writing("the subset plan", spec.cache_root):
+        locks.build_once(path, build, f"subset plan {key}", log)
+    with np.load(path) as z:
         return PlannedDocuments(SubsetPlan(z["train_ids"], z["val_ids"], int(z["total_docs"])), key)
-    t0 = time.perf_counter()
-    plan = plan_subset(spec.source.documents, mode=s.mode, num_docs=s.num_docs or None,
-                       seed=s.seed, val_fraction=0.0 if s.val_docs else s.val_fraction,
-                       val_docs=s.val_docs or None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, train_ids=plan.train_ids, val_ids=plan.val_ids, total_docs=plan.total_docs)
-    tmp.replace(path)
-    log(f"subset: {len(plan.train_ids)} train / {len(plan.val_ids)} val documents of "
-        f"{plan.total_docs} ({time.perf_counter() - t0:.1f}s)")
-    return PlannedDocuments(plan, key)
 
 
 def filter_documents(spec: CorpusSpec, planned: PlannedDocuments,
@@ -262,33 +266,16 @@ def filter_documents(spec: CorpusSpec, planned: PlannedDocuments,
     scores = {name: np.load(p) for name, p in paths.items() if p.is_file()}
     todo = [name for name in scorers if name not in scores]
     if todo:
-        t0 = time.perf_counter()
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in todo}
-        buf: list[filters_lib.Doc] = []
-
-        def flush() -> None:
-            for name in todo:
-                parts[name].append(np.asarray(scorers[name].score(buf), np.float64))
-            buf.clear()
-
-        for doc in iter_selected(spec.source.records, plan.train_ids):  # type: ignore[arg-type]
-            buf.append(doc)  # type: ignore[arg-type]
-            if len(buf) >= 512:
-                flush()
-        if buf:
-            flush()
-        for name in todo:
-            s = np.concatenate(parts[name]) if parts[name] else np.zeros(0)
-            if len(s) != plan.num_train:
-                raise TLMError(f"filter {name}: scorer returned {len(s)} scores for "
-                               f"{plan.num_train} documents", "return one score per document")
-            paths[name].parent.mkdir(parents=True, exist_ok=True)
-            tmp = paths[name].with_suffix(".tmp.npy")
-            np.save(tmp, s)
-            tmp.replace(paths[name])
-            scores[name] = s
-        log(f"filters: scored {plan.num_train} documents with {', '.join(todo)} "
-            f"({time.perf_counter() - t0:.1f}s)")
+        with cache_lib.writing("the filter scores", spec.cache_root), \
+                locks.entry_locks([paths[name] for name in todo], "filter scores", log):
+            done = {name: np.load(paths[name]) for name in todo if paths[name].is_file()}
+            if done:
+                log(f"filters: reusing the {', '.join(done)} scores another process computed")
+            scores.update(done)
+            todo = [name for name in todo if name not in done]
+            if todo:
+                scores.update(_score_documents(spec, plan, {n: scorers[n] for n in todo},
+                                               {n: paths[n] for n in todo}, log))
     keep, info = filters_lib.apply_filters(specs, scores)
     for row in info:
         log(f"filter {row['filter']} ({row['rule']}): kept {row['kept']:,} / dropped "
@@ -299,6 +286,37 @@ def filter_documents(spec: CorpusSpec, planned: PlannedDocuments,
     key = _hash({"plan": plan_key, "filters": [s.key(prints[s.name]) for s in specs]})
     return PlannedDocuments(SubsetPlan(plan.train_ids[keep], plan.val_ids, plan.total_docs), key,
                             info)
+
+
+def _score_documents(spec: CorpusSpec, plan: SubsetPlan, scorers: dict[str, filters_lib.DocScorer],
+                     paths: dict[str, Path], log: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """Score the planned training documents with ``scorers`` in one pass; publish each to ``paths``."""
+    t0 = time.perf_counter()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
+    buf: list[filters_lib.Doc] = []
+
+    def flush() -> None:
+        for name, scorer in scorers.items():
+            parts[name].append(np.asarray(scorer.score(buf), np.float64))
+        buf.clear()
+
+    for doc in iter_selected(spec.source.records, plan.train_ids):  # type: ignore[arg-type]
+        buf.append(doc)  # type: ignore[arg-type]
+        if len(buf) >= 512:
+            flush()
+    if buf:
+        flush()
+    scores = {}
+    for name in scorers:
+        s = np.concatenate(parts[name]) if parts[name] else np.zeros(0)
+        if len(s) != plan.num_train:
+            raise TLMError(f"filter {name}: scorer returned {len(s)} scores for "
+                           f"{plan.num_train} documents", "return one score per document")
+        locks.publish_file(paths[name], lambda tmp, s=s: np.save(tmp, s))
+        scores[name] = s
+    log(f"filters: scored {plan.num_train} documents with {', '.join(scorers)} "
+        f"({time.perf_counter() - t0:.1f}s)")
+    return scores
 
 
 def select_documents(spec: CorpusSpec, planned: PlannedDocuments) -> DocumentStreams:
@@ -341,25 +359,30 @@ def build_tokenizer(spec: CorpusSpec, planned: PlannedDocuments, docs: DocumentS
         if missing:
             tok.add_special_tokens(missing)
         return _corpus_tokenizer(tok, extra, "loaded:" + t.name)
+    # v2: vocabularies are reproducible and canonically numbered (train_wordpiece); a v1 entry
+    # (hash-order ids) must not be reused for new runs.
     key_parts = {"plan": planned.key, "vocab": t.vocab_size, "lower": t.lowercase,
-                 "words": t.max_words, "v": 1}
+                 "words": t.max_words, "v": 2}
     if extra or doc_key:  # objective hooks (control tokens, rewritten documents)
         key_parts.update(extra=list(extra), docs=doc_key)
     key = _hash(key_parts)
     path = spec.cache_root / "tokenizers" / f"{key}.json"
-    if path.is_file():
-        return _corpus_tokenizer(load_tokenizer(path), extra, "cached:" + key)
-    t0 = time.perf_counter()
-    stream = docs.train()
-    tok = train_wordpiece(take_words(stream, t.max_words) if t.max_words else stream, t.vocab_size,
-                          lowercase=t.lowercase, extra_special=extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
-    log(f"tokenizer: trained WordPiece, {tok.get_vocab_size()} tokens "
-        f"({time.perf_counter() - t0:.1f}s)")
-    return _corpus_tokenizer(tok, extra, "trained:" + key)
+
+    def build() -> None:
+        t0 = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)  # the spool goes there too
+        stream = docs.train()
+        tok = train_wordpiece(take_words(stream, t.max_words) if t.max_words else stream,
+                              t.vocab_size, lowercase=t.lowercase, extra_special=extra,
+                              workdir=path.parent)
+        locks.publish_file(path, lambda tmp: tok.save(str(tmp)))
+        log(f"tokenizer: trained WordPiece, {tok.get_vocab_size()} tokens "
+            f"({time.perf_counter() - t0:.1f}s)")
+
+    with cache_lib.writing("the tokenizer", spec.cache_root):
+        built = locks.build_once(path, build, f"tokenizer {key}", log)
+    # The builder too loads the published file: every run uses the very bytes in the cache.
+    return _corpus_tokenizer(load_tokenizer(path), extra, ("trained:" if built else "cached:") + key)
 
 
 def _corpus_tokenizer(tok: Tokenizer, extra: tuple[str, ...], origin: str) -> CorpusTokenizer:

@@ -8,8 +8,10 @@ the file and line.
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -39,7 +41,8 @@ def _has_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _files_below(directory: Path) -> list[Path]:
+def files_below(directory: Path) -> list[Path]:
+    """The non-hidden files below ``directory``, sorted by their path relative to it."""
     found = []
     for root, dirs, files in os.walk(directory):
         # Hidden entries (.git, .DS_Store, editor swap files) are never corpus files.
@@ -75,9 +78,9 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             if _has_glob(cand):
                 hits = sorted(glob.glob(cand, recursive=True))
                 for hit in map(Path, hits):
-                    matches += _files_below(hit) if hit.is_dir() else [hit]
+                    matches += files_below(hit) if hit.is_dir() else [hit]
             elif os.path.isdir(cand):
-                matches = _files_below(Path(cand))
+                matches = files_below(Path(cand))
                 if not matches:
                     raise TLMError(f"directory {cand} contains no files",
                                    "put the corpus files there or point paths at them")
@@ -96,6 +99,22 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 seen.add(key)
                 out.append(path)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(resolved: str, size: int, mtime_ns: int, inode: int) -> str:
+    # Cached on (path, size, mtime, inode) so a multi-GB shard is hashed once per process.
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file's bytes (hashed once per process while it is unchanged)."""
+    st = path.stat()
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
@@ -286,7 +305,8 @@ def read_wikiextractor(path: Path) -> Iterator[str]:
                        "(truncated file?)", "re-download or re-extract the file")
 
 
-def _import_tfds() -> Any:
+def import_tfds() -> Any:
+    """``tensorflow_datasets``, imported on first use (one-line error if it cannot be)."""
     try:
         import tensorflow_datasets as tfds  # noqa: PLC0415 - slow to import; only the tfds source needs it
     except ImportError as e:
@@ -299,7 +319,7 @@ def tfds_source(tfds_name: str | None, tfds_split: str, tfds_data_dir: str | Non
     """``tfds.data_source(...)``, with clear errors for a missing name, package or dataset."""
     if not tfds_name:
         raise TLMError("source kind 'tfds' needs tfds_name", "set tfds_name, e.g. 'imdb_reviews'")
-    tfds = _import_tfds()
+    tfds = import_tfds()
     try:
         return tfds.data_source(tfds_name, split=tfds_split, data_dir=tfds_data_dir)
     except ImportError as e:

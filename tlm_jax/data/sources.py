@@ -1,4 +1,4 @@
-"""Streaming document sources: plain text, lines, JSONL, WikiExtractor, the Pile, TFDS.
+"""Streaming document sources: plain text, lines, JSONL, WikiExtractor, the Pile, TFDS, HF datasets.
 
 Every reader streams: files are decoded line by line (gzip and zstd included),
 so a corpus is never held in memory as one string. The order of documents is
@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tlm_jax.config import DataConfig
+from tlm_jax.data.hf_source import HFSource
 from tlm_jax.data.source_readers import (
-    HASH_CHUNK,
     expand_paths,
+    file_sha256,
     json_records,
     read_jsonl,
     read_lines,
@@ -39,7 +41,7 @@ from tlm_jax.data.synthetic import SYNTHETIC_VERSION, synthetic_corpus
 from tlm_jax.errors import TLMError
 
 #: Source kinds understood by :func:`iter_documents`.
-KINDS = ("text", "lines", "jsonl", "wikiextractor", "pile", "tfds", "synthetic")
+KINDS = ("text", "lines", "jsonl", "wikiextractor", "pile", "tfds", "hf", "synthetic")
 
 _FILE_KINDS = ("text", "lines", "jsonl", "wikiextractor", "pile")
 _FINGERPRINT_CHARS = 16
@@ -59,6 +61,10 @@ def iter_documents(
     tfds_name: str | None = None,
     tfds_split: str = "train",
     tfds_data_dir: str | None = None,
+    hf_path: str = "",
+    hf_name: str | None = None,
+    hf_split: str = "train",
+    hf_streaming: bool = False,
     min_chars: int = 1,
     synthetic_docs: int = 2000,
     synthetic_seed: int = 0,
@@ -76,11 +82,16 @@ def iter_documents(
             filtered to ``meta.pile_set_name in domains`` when given;
             ``"tfds"``: ``tfds.data_source(tfds_name, split=tfds_split,
             data_dir=tfds_data_dir)``, feature ``text_field``;
+            ``"hf"``: split ``hf_split`` of a Hugging Face ``datasets`` dataset, column
+            ``text_field`` (:class:`tlm_jax.data.hf_source.HFSource`);
             ``"synthetic"``: :func:`tlm_jax.data.synthetic.synthetic_corpus`.
-        paths: files, directories or globs (ignored by ``tfds`` and ``synthetic``).
-        text_field: JSON field / TFDS feature holding the text.
+        paths: files, directories or globs (ignored by ``tfds``, ``hf`` and ``synthetic``).
+        text_field: JSON field / TFDS feature / dataset column holding the text.
         domains: Pile set names to keep (``None`` keeps all).
         tfds_name, tfds_split, tfds_data_dir: the TFDS dataset to read.
+        hf_path, hf_name, hf_split, hf_streaming: the Hugging Face dataset to read: a
+            ``save_to_disk`` folder, a folder of data files or a Hub name; its config;
+            its split; whether ``load_dataset`` streams it.
         min_chars: documents whose stripped text is shorter are skipped.
         synthetic_docs, synthetic_seed: size and seed of the synthetic corpus.
 
@@ -89,7 +100,8 @@ def iter_documents(
 
     Raises:
         TLMError: at call time for an unknown kind, a missing path or an unopenable
-            TFDS dataset; while iterating for a malformed record (naming file and line).
+            TFDS or Hugging Face dataset; while iterating for a malformed record (naming
+            file and line, or split and row).
     """
     # Validate eagerly (not at the first next()) so a bad config fails where it is built.
     _check_kind(kind)
@@ -110,6 +122,8 @@ def iter_documents(
     elif kind == "tfds":
         docs = read_tfds(tfds_source(tfds_name, tfds_split, tfds_data_dir), str(tfds_name),
                           text_field)
+    elif kind == "hf":
+        docs = HFSource(hf_path, hf_name or None, hf_split, hf_streaming, text_field).documents()
     else:
         docs = synthetic_corpus(synthetic_docs, synthetic_seed)
     return (doc for doc in docs if len(doc.strip()) >= min_chars)
@@ -127,7 +141,8 @@ def iter_records(
     """Like :func:`iter_documents`, but each item is ``(text, metadata)``.
 
     ``metadata`` is the JSON record without its text field for ``"jsonl"`` and
-    ``"pile"`` sources (dates, domains, URLs, ...), and ``{}`` for the other kinds.
+    ``"pile"`` sources (dates, domains, URLs, ...), the row's other columns for
+    ``"hf"``, and ``{}`` for the other kinds.
     Order and skipping are exactly those of :func:`iter_documents` with the same
     arguments (``kwargs`` are passed on), so item ``i`` is document ``i``.
     """
@@ -140,12 +155,28 @@ def iter_records(
                 for path in files for lineno, r in json_records(path))
     elif kind == "pile":
         recs = read_pile_records(expand_paths(paths), text_field, domains)
+    elif kind == "hf":
+        recs = _hf_source(text_field, kwargs).records()
     else:
         docs = iter_documents(kind, paths, text_field=text_field, domains=domains,
                               min_chars=min_chars, **kwargs)
         return ((d, {}) for d in docs)
     return ((t, {k: v for k, v in r.items() if k != text_field}) for t, r in recs
             if len(t.strip()) >= min_chars)
+
+
+def _hf_source(text_field: str, options: dict[str, Any]) -> HFSource:
+    return HFSource(options.get("hf_path", ""), options.get("hf_name") or None,
+                    options.get("hf_split", "train"), bool(options.get("hf_streaming", False)),
+                    text_field)
+
+
+def source_options(cfg: DataConfig) -> dict[str, Any]:
+    """The reading options of ``cfg`` as keywords of :func:`iter_documents` (every kind's)."""
+    return dict(text_field=cfg.text_field, domains=list(cfg.domains) or None,
+                tfds_name=cfg.tfds_name or None, tfds_split=cfg.tfds_split,
+                tfds_data_dir=cfg.tfds_data_dir or None, hf_path=cfg.hf_path,
+                hf_name=cfg.hf_name or None, hf_split=cfg.hf_split, hf_streaming=cfg.hf_streaming)
 
 
 def _normalize_domains(kind: str, domains: Sequence[str] | None) -> list[str] | None:
@@ -159,16 +190,6 @@ def _normalize_domains(kind: str, domains: Sequence[str] | None) -> list[str] | 
     return list(domains)
 
 
-@functools.lru_cache(maxsize=256)
-def _file_sha256(resolved: str, size: int, mtime_ns: int) -> str:
-    # Cached on (path, size, mtime) so a multi-GB shard is hashed once per process.
-    digest = hashlib.sha256()
-    with open(resolved, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_fingerprint(
     kind: str,
     paths: Sequence[str],
@@ -178,6 +199,10 @@ def source_fingerprint(
     tfds_name: str | None = None,
     tfds_split: str = "train",
     tfds_data_dir: str | None = None,
+    hf_path: str = "",
+    hf_name: str | None = None,
+    hf_split: str = "train",
+    hf_streaming: bool = False,
     min_chars: int = 1,
     synthetic_docs: int = 2000,
     synthetic_seed: int = 0,
@@ -186,7 +211,10 @@ def source_fingerprint(
 
     For files: each file's name (not its directory, so moving the data keeps the
     key), byte size and SHA-256 of its bytes, in stream order. For TFDS: name,
-    split, data_dir, dataset version and example count. For synthetic: size,
+    split, data_dir, dataset version and example count. For a Hugging Face dataset:
+    config and split, and its data files' names, sizes and SHA-256 (a local folder)
+    or its version, sizes, checksums and ``datasets`` fingerprint (a Hub dataset; see
+    :meth:`~tlm_jax.data.hf_source.HFSource.fingerprint_parts`). For synthetic: size,
     seed and generator version. The options that change the document stream
     (kind, text_field, domains, min_chars) are always included.
 
@@ -199,16 +227,16 @@ def source_fingerprint(
         parts.append(None if domains is None else sorted(domains))
     if kind in _FILE_KINDS:
         for path in expand_paths(paths):
-            st = path.stat()
-            resolved = str(path.resolve())
-            parts.append([path.name, st.st_size,
-                          _file_sha256(resolved, st.st_size, st.st_mtime_ns)])
+            parts.append([path.name, path.stat().st_size, file_sha256(path)])
     elif kind == "tfds":
         source = tfds_source(tfds_name, tfds_split, tfds_data_dir)
         info = getattr(source, "dataset_info", None)
         version = str(info.version) if info is not None else "unknown"
         resolved_dir = str(Path(tfds_data_dir).expanduser().resolve()) if tfds_data_dir else None
         parts += [tfds_name, tfds_split, resolved_dir, version, len(source)]
+    elif kind == "hf":
+        parts += HFSource(hf_path, hf_name or None, hf_split, hf_streaming,
+                          text_field).fingerprint_parts()
     else:
         parts += [synthetic_docs, synthetic_seed, SYNTHETIC_VERSION]
     blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")

@@ -7,6 +7,8 @@ examples in [CLS] ... [SEP] so truncation and packing stay under its control.
 from __future__ import annotations
 
 import hashlib
+import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tlm_jax.errors import TLMError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CONTINUATION = "##"  # WordPiece's prefix of a token that continues a word
 
 VOCAB_MULTIPLE = 128
 
@@ -63,20 +66,169 @@ def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:
 
 
 def train_wordpiece(docs: Iterable[str], vocab_size: int, *, lowercase: bool = True,
-                    extra_special: Sequence[str] = ()) -> Tokenizer:
-    """Train a BERT WordPiece vocabulary of ``vocab_size`` on ``docs`` (streamed)."""
+                    extra_special: Sequence[str] = (), workdir: str | Path | None = None) -> Tokenizer:
+    """Train a BERT WordPiece vocabulary of ``vocab_size`` on ``docs`` (read once, streamed).
+
+    The result is a pure function of the text and the settings: the same ``tokenizer.json``,
+    byte for byte, from any process on any machine. HF's trainer alone is not: it numbers the
+    continuation characters (``##e``) in hash-map order and breaks ties between equally
+    frequent pairs by token id, so two trainings give other ids and, where tied pairs overlap,
+    other tokens. Here the alphabet and every ``##c`` get their ids before training (handed to
+    the trainer as reserved tokens, each group by code point, as it numbers the alphabet), so
+    every tie-break and so the token set is reproducible: the trainer's own outcome for one
+    fixed hash-map order. The vocabulary is then renumbered by :func:`canonical_wordpiece`.
+
+    The text is spooled to a temporary file under ``workdir`` (default: the system's), as it
+    is read more than once.
+    """
     if vocab_size < len(SPECIAL_TOKENS) + 100:
         raise TLMError(f"data.vocab_size={vocab_size} is too small", "use at least 1000")
+    specials = [*SPECIAL_TOKENS, *extra_special]
+    with tempfile.TemporaryDirectory(prefix="wordpiece-", dir=workdir) as tmp:
+        spool = Path(tmp) / "text.txt"
+        raw_chars = _spool(docs, spool)
+        probe = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
+        alphabet, pinned = _alphabet(probe, raw_chars)
+        reserved = [*specials, *(c for c in alphabet if c not in specials)]
+        # The budget leaves room for pins that turn out unused: training is sequential, so a
+        # bigger budget only appends merges, and the cut below restores the requested size.
+        tok = _train(spool, vocab_size + len(pinned), lowercase, reserved, pinned)
+        missing = _continuation_tokens_of(tok) - set(pinned)
+        if missing:  # not foreseen by the probe; the set depends on the words only: once suffices
+            pinned = sorted({*pinned, *missing})
+            tok = _train(spool, vocab_size + len(pinned), lowercase, reserved, pinned)
+        unused = _unused_pins(probe, spool, tok, specials, pinned, raw_chars)
+    tokens = _cut(tok.get_vocab(with_added_tokens=False), specials, set(pinned), unused, vocab_size)
+    if len(tokens) < 2 * len(SPECIAL_TOKENS):
+        raise TLMError("the tokenizer training text is (nearly) empty",
+                       "check data.paths and the subset settings")
+    return _rebuild(tok, tokens, specials)
+
+
+def _spool(docs: Iterable[str], path: Path) -> set[str]:
+    """Write ``docs`` to ``path``, one or more lines each, and return their distinct characters.
+
+    The trainer counts whitespace-separated words, so the newline between documents changes
+    nothing it sees.
+    """
+    chars: set[str] = set()
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        for doc in docs:
+            chars.update(doc)
+            f.write(doc)
+            f.write("\n")
+    return chars
+
+
+def _words(probe: Tokenizer, text: str) -> list[str]:
+    """The words of ``text`` once normalized and pre-tokenized, as the trainer counts them."""
+    assert probe.normalizer is not None and probe.pre_tokenizer is not None  # _bert_pipeline's
+    return [w for w, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(text))]
+
+
+def _alphabet(probe: Tokenizer, chars: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The trainer's alphabet for a text of these distinct characters, and its ``##c`` tokens.
+
+    The alphabet: every character of a word after ``probe``'s normalizer and pre-tokenizer.
+    The ``##c``: every ``c`` those let follow a letter inside a word (whitespace, punctuation
+    and CJK characters are split off). Both sorted by code point. Asked once per distinct
+    character: exact for BERT's per-character normalization, and microseconds where
+    pre-tokenizing the whole text in Python would take as long as training. A few ``c`` may
+    still never follow another character in this text (:func:`_unused_pins`).
+    """
+    alphabet: set[str] = set()
+    following: set[str] = set()
+    for c in chars:
+        alphabet.update(*_words(probe, c))
+        following.update(*(w[1:] for w in _words(probe, "x" + c)))
+    return sorted(alphabet), sorted(CONTINUATION + c for c in following)
+
+
+def _continuation_tokens_of(tok: Tokenizer) -> set[str]:
+    """The one-character continuation tokens (``##c``) of a trained vocabulary."""
+    n = len(CONTINUATION) + 1
+    return {t for t in tok.get_vocab(with_added_tokens=False)
+            if len(t) == n and t.startswith(CONTINUATION)}
+
+
+def _train(spool: Path, budget: int, lowercase: bool, reserved: list[str],
+           pinned: list[str]) -> Tokenizer:
+    """HF's WordPiece trainer on the spooled text, ``reserved`` then ``pinned`` taking the first ids.
+
+    The trainer numbers its special tokens first and then reuses, rather than numbers anew, a
+    character or ``##c`` already in its vocabulary: that is what fixes their ids.
+    """
     tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100)),
                          lowercase)
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *extra_special],
-        min_frequency=2, show_progress=False, continuing_subword_prefix="##")
-    tok.train_from_iterator(docs, trainer=trainer)
-    if tok.get_vocab_size() < 2 * len(SPECIAL_TOKENS):
-        raise TLMError("the tokenizer training text is (nearly) empty",
-                       "check data.paths and the subset settings")
+        vocab_size=budget, special_tokens=[*reserved, *pinned], min_frequency=2,
+        show_progress=False, continuing_subword_prefix=CONTINUATION)
+    tok.train([str(spool)], trainer=trainer)
     return tok
+
+
+def _unused_pins(probe: Tokenizer, spool: Path, tok: Tokenizer, specials: list[str],
+                 pinned: list[str], raw_chars: set[str]) -> set[str]:
+    """The pinned ``##c`` whose ``c`` never continues a word of the spooled text.
+
+    HF's trainer would not have made these tokens, and no merge can involve them. A character
+    inside a merged token is known to continue words; only the rest are looked up, exactly
+    (the trainer's normalizer and pre-tokenizer, line by line as it reads the file), on the
+    lines holding a character that normalizes to one of them.
+    """
+    skip = {*pinned, *specials}
+    seen: set[str] = set()
+    for t in tok.get_vocab(with_added_tokens=False):
+        if len(t) > 1 and t not in skip:
+            seen.update(t[len(CONTINUATION):] if t.startswith(CONTINUATION) else t[1:])
+    unsure = {p[len(CONTINUATION):] for p in pinned} - seen
+    raw = sorted(r for r in raw_chars if unsure.intersection("".join(_words(probe, r))))
+    if raw:
+        hit = re.compile("[" + "".join(re.escape(r) for r in raw) + "]")
+        with open(spool, encoding="utf-8", newline="\n") as f:  # the trainer's lines: split at \n
+            for line in f:
+                if hit.search(line):
+                    unsure.difference_update(*(w[1:] for w in _words(probe, line)))
+                    if not unsure:
+                        break
+    return {CONTINUATION + c for c in unsure}
+
+
+def _cut(vocab: dict[str, int], specials: list[str], pinned: set[str], unused: set[str],
+         vocab_size: int) -> set[str]:
+    """The tokens HF's trainer makes with budget ``vocab_size``: the specials, the alphabet and
+    the used ``##c`` (all kept whatever the budget, as the trainer does), then the merges in
+    the order it made them (its ids) up to the budget."""
+    base = {t for t in vocab if t in specials or len(t) == 1 or (t in pinned and t not in unused)}
+    merges = sorted((t for t in vocab if t not in base and t not in pinned), key=vocab.__getitem__)
+    return base | set(merges[:max(0, vocab_size - len(base))])
+
+
+def canonical_wordpiece(tok: Tokenizer, specials: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
+    """``tok`` (a WordPiece tokenizer) with its vocabulary renumbered in a canonical order.
+
+    ``specials`` first, in their order (and the only added tokens), then every other token by
+    (continuation or not, length, text): an order of the token *set* alone, so the ids do not
+    depend on the trainer's internals. WordPiece encodes by greedy longest match over the set,
+    so every text gives the same token strings as before, under the new ids.
+    """
+    return _rebuild(tok, set(tok.get_vocab(with_added_tokens=False)), specials)
+
+
+def _rebuild(tok: Tokenizer, tokens: set[str], specials: Sequence[str]) -> Tokenizer:
+    """A WordPiece tokenizer over ``tokens`` in canonical order, with ``tok``'s pipeline."""
+    missing = [t for t in specials if t not in tokens]
+    if missing:
+        raise TLMError(f"tokenizer has no {missing} tokens", "use a BERT-style vocabulary")
+    model = tok.model
+    prefix = model.continuing_subword_prefix
+    rest = sorted(tokens - set(specials), key=lambda t: (t.startswith(prefix), len(t), t))
+    out = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate([*specials, *rest])},
+                                     unk_token=model.unk_token, continuing_subword_prefix=prefix,
+                                     max_input_chars_per_word=model.max_input_chars_per_word))
+    out.normalizer, out.pre_tokenizer, out.decoder = tok.normalizer, tok.pre_tokenizer, tok.decoder
+    out.add_special_tokens(list(specials))
+    return out
 
 
 def load_tokenizer(path: str | Path, *, lowercase: bool = True) -> Tokenizer:

@@ -23,6 +23,7 @@ import numpy as np
 from tlm_jax.data.labeled import ClassificationData, Pool
 from tlm_jax.data.synthetic import SYNTHETIC_KINDS, synthetic_labelled_texts
 from tlm_jax.errors import TLMError
+from tlm_jax.tasks.hf_reader import load_hf_classification, parse_hf_spec
 from tlm_jax.tasks.readers import (
     TEXT_JOINER,
     first_existing,
@@ -416,7 +417,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-_SPECIAL_TASKS = ("generic", "tfds")
+_SPECIAL_TASKS = ("generic", "tfds", "hf")
 
 
 def load_task(name: str, data_dir: str | os.PathLike | None = None, **options: Any) -> ClassificationData:
@@ -427,8 +428,11 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, **options: A
     ``label_column=`` and the :func:`load_generic` options) or ``"tfds"``
     (``dataset=``, ``text_keys=``, ``label_key=`` and the
     :func:`load_tfds_classification` options; ``data_dir`` is then the TFDS
-    data dir). ``options`` are the split options of :func:`make_splits` plus
-    loader-specific ones.
+    data dir) or ``"hf"`` / ``"hf:PATH[:CONFIG]"`` (a Hugging Face dataset:
+    ``path=``, ``config=``, ``splits=``, ``text_columns=`` (default ``["text"]``),
+    ``label_column=`` (default ``"label"``); see :func:`load_hf_classification`).
+    ``options`` are the split options of :func:`make_splits` plus loader-specific
+    ones.
 
     Raises:
         TLMError: unknown task, or a missing required option.
@@ -454,6 +458,17 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, **options: A
             options.pop("text_keys"),
             options.pop("label_key"),
             data_dir,
+            **options,
+        )
+    if name == "hf" or name.startswith("hf:"):
+        if name != "hf":
+            options["path"], options["config"] = parse_hf_spec(name[3:])
+        if not options.get("path"):
+            raise TLMError("task 'hf' needs path", "pass path=... (a save_to_disk folder or a Hub name)")
+        return load_hf_classification(
+            options.pop("path"),
+            options.pop("text_columns", ["text"]),
+            options.pop("label_column", "label"),
             **options,
         )
     raise TLMError(f"unknown task {name!r}", f"use one of {', '.join([*TASKS, *_SPECIAL_TASKS])}")

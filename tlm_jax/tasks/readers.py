@@ -10,10 +10,12 @@ split :class:`~tlm_jax.data.labeled.ClassificationData` via
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,14 +98,35 @@ def read_lines_file(path: Path) -> list[str]:
         return [line.strip() for line in f.read().splitlines() if line.strip()]
 
 
+@functools.cache
+def allow_any_field_size() -> int:
+    """Lift the ``csv`` module's per-field limit (131,072 characters) as far as the platform allows.
+
+    The limit guards nothing here: a row is held in memory anyway, and real corpora
+    (20 Newsgroups' long posts, whole articles in one cell) exceed it. The largest
+    value is ``sys.maxsize`` where a C long is 64 bits; where it is 32 bits (Windows)
+    ``csv`` refuses that with OverflowError, so it is halved until accepted. Set once
+    per process; returns the limit now in force.
+    """
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return limit
+        except OverflowError:
+            limit //= 2
+
+
 def read_delimited(
     path: Path, delimiter: str, *, has_header: bool, expected_columns: int | None = None
 ) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
     """Rows of a CSV/TSV file as ``(line number, fields)``; every row must have the same width.
 
     Blank lines are skipped. TSV is read without quote handling because
-    unquoted TSV text routinely contains stray ``"`` characters.
+    unquoted TSV text routinely contains stray ``"`` characters. A field may be of
+    any length (:func:`allow_any_field_size`).
     """
+    allow_any_field_size()
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     header: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []

@@ -1,4 +1,5 @@
-"""Metrics: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events.
+"""Metrics: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard events and,
+with ``train.wandb=true``, a Weights & Biases run (tlm_jax/train/trackers.py).
 
 On resume the JSONL file is cut back to the restored step, so it reads as one
 continuous run; only process 0 writes.
@@ -12,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tensorboardX import SummaryWriter
+from tlm_jax.config import Config
+from tlm_jax.train.trackers import WandbTracker
 
 
 def _clean(v: Any) -> Any:
@@ -24,18 +26,28 @@ def _clean(v: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append metrics records; mirror scalars to TensorBoard."""
+    """Append metrics records; mirror scalars to TensorBoard and the trackers ``config`` asks for.
+
+    ``config`` is the run's resolved config: with ``config.train.wandb`` its scalars also go to
+    a wandb run (which logs the config itself). Nothing is opened when ``enabled`` is false.
+    """
 
     def __init__(self, workdir: str | Path, *, resume_step: int = 0, tensorboard: bool = True,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, config: Config | None = None) -> None:
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self.writer = None
+        self.trackers: list[WandbTracker] = []
         if not enabled:
             return
         self._truncate(resume_step)
         if tensorboard:
+            # Lazy: tensorboardX imports torch whenever torch is installed (~5 s).
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 - reason: imports torch, slow
+
             self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        if config is not None and config.train.wandb:
+            self.trackers.append(WandbTracker(workdir, config, resume_step=resume_step))
 
     def _truncate(self, resume_step: int) -> None:
         if not self.path.exists():
@@ -62,15 +74,20 @@ class MetricsLogger:
         rec = {"step": int(step), "split": prefix, **{k: _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        scalars = {f"{prefix}/{k}": v for k, v in rec.items()
+                   if k not in ("step", "split") and isinstance(v, int | float)}
         if self.writer is not None:
-            for k, v in rec.items():
-                if k not in ("step", "split") and isinstance(v, int | float):
-                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+        for tracker in self.trackers:
+            tracker.log(step, scalars)
 
     def close(self) -> None:
-        """Flush TensorBoard."""
+        """Flush TensorBoard; finish the trackers."""
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def read_metrics(workdir: str | Path, split: str | None = "train") -> list[dict[str, Any]]:
