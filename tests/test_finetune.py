@@ -199,9 +199,10 @@ def test_predict_in_cpu_row_chunks_matches_small_batches(tiny_run, tmp_path) -> 
 
 
 def test_early_stopping_resume_and_twin(tiny_run, tmp_path) -> None:
-    # With lr 0 the validation metric never improves after the first check, so patience 1
-    # stops at the second check, long before the 20-epoch budget.
-    cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "optim.lr=0.0", "train.patience=1",
+    # With lr 1e-30 (0 is refused as a config error) the weights do not move, so the
+    # validation metric never improves after the first check and patience 1 stops at the
+    # second check, long before the 20-epoch budget.
+    cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "optim.lr=1e-30", "train.patience=1",
                   "train.epochs=20", "train.checkpoint=true")
     res = finetune(cfg, tiny_run, tmp_path / "out", [0], log=lambda _: None)
     seed = json.loads((tmp_path / "out" / "seed_0" / "results.json").read_text())

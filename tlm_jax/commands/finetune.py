@@ -17,6 +17,7 @@ configs/finetune-paper.yaml) then ``key=value`` overrides; see
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from tlm_jax.errors import TLMError
@@ -26,19 +27,30 @@ def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError as e:
-        raise TLMError(f"--seeds {text!r} is not a comma-separated list of integers",
+        raise TLMError(f"--seeds {text[:60]!r} is not a comma-separated list of integers",
                        "write e.g. --seeds 0,1,2") from e
     if not seeds:
         raise TLMError("--seeds is empty", "write e.g. --seeds 0,1,2")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise TLMError(f"--seeds: {str(bad[0])[:30]} is outside [0, 2**32)", "use small non-negative seeds")
     return seeds
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tlm_jax.commands._checks import input_dir, output_dir  # noqa: PLC0415
     from tlm_jax.tasks.finetune import finetune, load_finetune_config  # noqa: PLC0415
 
-    cfg = load_finetune_config(args.config, args.overrides, task=args.task)
+    output_dir(args.workdir, "--workdir")
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
-    res: dict[str, Any] = finetune(cfg, pretrained, args.workdir, _seeds(args.seeds),
+    if pretrained is not None:
+        input_dir(pretrained, "--pretrained", "the --workdir of a `tlm pretrain`, or none")
+    if args.tokenizer_from is not None and not Path(args.tokenizer_from).expanduser().exists():
+        raise TLMError(f"--tokenizer-from {args.tokenizer_from} does not exist",
+                       "pass a run directory, a tokenizer.json or a vocab.txt")
+    seeds = _seeds(args.seeds)
+    cfg = load_finetune_config(args.config, args.overrides, task=args.task)
+    res: dict[str, Any] = finetune(cfg, pretrained, args.workdir, seeds,
                                    tokenizer_from=args.tokenizer_from, overrides=args.overrides)
     acc, f1 = res["accuracy"], res["macro_f1"]
     print(f"done: {res['task']} ({res['pretrained']['init']}), {len(res['seeds'])} seed(s): "

@@ -6,10 +6,28 @@ import argparse
 import json
 
 
+def check_sampling_options(args: argparse.Namespace) -> None:
+    """Refuse ``tlm generate`` options that cannot work, before the run is loaded."""
+    from tlm_jax.commands._checks import MAX_INT, check_option, finite, input_dir  # noqa: PLC0415
+
+    check_option("--max-new", args.max_new, lambda v: 1 <= v <= MAX_INT,
+                 "a positive number of tokens")
+    check_option("--temperature", args.temperature, lambda v: finite(v) and v >= 0,
+                 "a finite number >= 0 (0 = greedy)")
+    check_option("--top-k", args.top_k, lambda v: 0 <= v <= MAX_INT, ">= 0 (0 = off)")
+    check_option("--top-p", args.top_p, lambda v: finite(v) and 0 < v <= 1, "in (0, 1] (1 = off)")
+    check_option("--num-samples", args.num_samples, lambda v: 1 <= v <= MAX_INT, "at least 1")
+    check_option("--seed", args.seed, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
+    if args.step is not None:
+        check_option("--step", args.step, lambda v: 0 <= v <= MAX_INT, "a checkpoint step >= 0")
+    input_dir(args.run, "--run", "the --workdir of a `tlm pretrain` with model.arch=gpt")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from tlm_jax.generate import Generator, Sampling  # noqa: PLC0415 - keep --help fast
     from tlm_jax.train.pretrained import load_run  # noqa: PLC0415 - keep --help fast
 
+    check_sampling_options(args)
     run = load_run(args.run, step=args.step)
     gen = Generator(run)
     s = Sampling(max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,

@@ -15,8 +15,12 @@ from typing import Any
 
 
 def _import(args: argparse.Namespace) -> int:
+    from tlm_jax.commands._checks import input_dir, output_dir  # noqa: PLC0415
     from tlm_jax.hf import import_hf  # noqa: PLC0415 - keep `tlm --help` fast
 
+    input_dir(args.source, "SOURCE", "a transformers checkpoint directory: config.json, weights, "
+              "vocab.txt")
+    output_dir(args.workdir, "--workdir")
     s = import_hf(args.source, args.workdir, args.overrides)
     print(f"run directory {s['workdir']}: use it with `tlm finetune --pretrained {s['workdir']}`, "
           f"`tlm export-hf {s['workdir']} --out DIR`, or continue pretraining with "
@@ -25,8 +29,11 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from tlm_jax.commands._checks import input_dir, output_dir  # noqa: PLC0415
     from tlm_jax.hf import export_hf  # noqa: PLC0415 - keep `tlm --help` fast
 
+    input_dir(args.run, "RUN", "a run directory of `tlm pretrain` or `tlm import-hf`")
+    output_dir(args.out, "--out")
     s = export_hf(args.run, args.out, force=args.force)
     print(f"load it with transformers.BertForMaskedLM.from_pretrained({s['out']!r}) and "
           f"BertTokenizerFast.from_pretrained({s['out']!r})")

@@ -25,11 +25,14 @@ def parse_mesh(text: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, val = part.partition("=")
         if not sep or key not in sizes:
-            raise TLMError(f"bad --mesh entry '{part}'", "write e.g. data=1,fsdp=8,tensor=1")
+            raise TLMError(f"bad --mesh entry '{part[:40]}'", "write e.g. data=1,fsdp=8,tensor=1")
         try:
             sizes[key] = int(val)
         except ValueError:
-            raise TLMError(f"bad --mesh size '{val}' for {key}", "use an integer (or -1)") from None
+            raise TLMError(f"bad --mesh size '{val[:30]}' for {key}", "use an integer (or -1)") from None
+        if not (sizes[key] == -1 or 1 <= sizes[key] < 2**31):
+            raise TLMError(f"--mesh {key}={val[:30]} is invalid", "use a positive size, or -1 for "
+                           "the remaining devices")
     return sizes
 
 
@@ -139,10 +142,13 @@ def _comparison(rep: dict[str, Any], dense: dict[str, Any]) -> str:
 
 
 def _cmd_mem(args: argparse.Namespace) -> int:
+    from tlm_jax.commands._checks import MAX_INT, check_option  # noqa: PLC0415
     from tlm_jax.config import load_config  # noqa: PLC0415
 
-    cfg = load_config(args.config, args.overrides)
+    if args.devices is not None:
+        check_option("--devices", args.devices, lambda v: 1 <= v <= MAX_INT, "a positive device count")
     mesh = parse_mesh(args.mesh) if args.mesh else None
+    cfg = load_config(args.config, args.overrides)
     rep = (memory_report(cfg, mesh, args.devices) if cfg.model.linear == "dense"
            else linear_comparison(cfg, mesh, args.devices))
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))

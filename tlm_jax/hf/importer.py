@@ -11,20 +11,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from tlm_jax.config import (
+    MERGE_ERRORS,
     MODEL_PRESETS,
     Config,
     ModelConfig,
-    _fail_override,
+    check_sections,
     load_config,
+    merge_error,
+    parse_overrides,
     save_config,
     to_dict,
     validate,
 )
+from tlm_jax.data.cache import write_failure
 from tlm_jax.data.tokenizer import special_tokens, tokenizer_hash
 from tlm_jax.errors import TLMError
+from tlm_jax.hf.exporter import staged_dir
 from tlm_jax.hf.mapping import SHAPE_KEYS, hf_architecture, hf_state_to_params, hf_to_model_config
 from tlm_jax.hf.tokenizer import import_tokenizer
 from tlm_jax.hf.weights import read_hf_config, read_hf_weights
@@ -46,20 +50,21 @@ def _build_config(mfields: dict[str, Any], tokenizer_path: Path, lowercase: bool
     base["model"].update(mfields)
     base["data"].update(tokenizer=str(tokenizer_path), lowercase=lowercase,
                         max_len=min(base["data"]["max_len"], mfields["max_len"]))
-    for item in overrides:
-        if "=" not in item:
-            raise TLMError(f"override '{item}' is not key=value", "write e.g. data.max_len=64")
-    try:
-        cli = OmegaConf.from_dotlist(list(overrides))
-        merged = OmegaConf.merge(OmegaConf.structured(Config), base, cli)
-    except OmegaConfBaseException as e:
-        raise _fail_override(e, "import-hf overrides") from e
+    cli = parse_overrides(overrides, "data.max_len=64")
+    check_sections(OmegaConf.to_container(cli), Config(), "import-hf overrides", drop_null=False)
     changed = sorted(k for k in (OmegaConf.to_container(cli).get("model") or {}) if k in SHAPE_KEYS)
     if changed:
         raise TLMError(f"model.{changed[0]} is fixed by the imported checkpoint",
                        "drop that override (only dropout-like model keys may change)")
-    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(cfg)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), base, cli)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except MERGE_ERRORS as e:
+        raise merge_error(e, "import-hf overrides") from e
+    try:
+        validate(cfg)
+    except TLMError as e:  # a value from config.json (hidden_dropout_prob -> model.dropout, ...)
+        raise TLMError(f"{e.cause} (from the checkpoint's config.json or an override)", e.fix) from e
     return cfg
 
 
@@ -107,31 +112,40 @@ def import_hf(src: str | Path, workdir: str | Path, overrides: Sequence[str] = (
     if any(k != "params" for k in abstract):
         raise TLMError("the model has non-parameter state HF BERT cannot provide",
                        "report this as a bug in tlm_jax.hf")
-    out.mkdir(parents=True, exist_ok=True)  # only now: a refused import leaves nothing behind
-    tok.save(str(tok_path))
-    save_config(cfg, out / "config.json")
     jparams = jax.tree.map(jnp.asarray, params)
     tx, _ = make_optimizer(cfg.optim, max(cfg.train.steps, 1))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=jparams, opt_state=tx.init(jparams),
                        model_state={}, rng=jax.random.PRNGKey(cfg.train.seed))
     meta = {"config": to_dict(cfg), "tokenizer_hash": tokenizer_hash(tok), "step": 0,
             "imported_from": str(src), "hf_architecture": arch}
-    ckpt = Checkpointer(out / "checkpoints", every=1, keep=cfg.train.keep_checkpoints,
-                        async_save=False, log=log)
-    try:
-        ckpt.save(0, state, {}, meta, force=True)
-    finally:
-        ckpt.close()
     written = ["config.json", "tokenizer.json", "checkpoints/0"]
-    if "classifier" in extras:
-        np.savez(out / "classifier.npz", **extras["classifier"])
-        id2label = hf.get("id2label") or {str(i): f"LABEL_{i}"
-                                          for i in range(len(extras["classifier"]["classifier_bias"]))}
-        (out / "classifier.json").write_text(json.dumps({
-            "num_labels": len(extras["classifier"]["classifier_bias"]), "id2label": id2label,
-            "problem_type": hf.get("problem_type"), "pooling": "cls+tanh pooler",
-            "source": str(src)}, indent=2) + "\n")
-        written += ["classifier.npz", "classifier.json"]
+    # Written aside and published at the end, checkpoints/ last: a run directory with a
+    # config.json but no checkpoint would start pretraining from random weights.
+    with staged_dir(out, "the run directory", last="checkpoints") as tmp:
+        tok.save(str(tmp / "tokenizer.json"))
+        save_config(cfg, tmp / "config.json")  # its data.tokenizer names out/tokenizer.json
+        if "classifier" in extras:
+            np.savez(tmp / "classifier.npz", **extras["classifier"])
+            n_labels = len(extras["classifier"]["classifier_bias"])
+            id2label = hf.get("id2label") or {str(i): f"LABEL_{i}" for i in range(n_labels)}
+            (tmp / "classifier.json").write_text(json.dumps({
+                "num_labels": n_labels, "id2label": id2label,
+                "problem_type": hf.get("problem_type"), "pooling": "cls+tanh pooler",
+                "source": str(src)}, indent=2) + "\n")
+            written += ["classifier.npz", "classifier.json"]
+        ckpt = Checkpointer(tmp / "checkpoints", every=1, keep=cfg.train.keep_checkpoints,
+                            async_save=False, log=log)
+        try:
+            ckpt.save(0, state, {}, meta, force=True)
+        except TLMError as e:
+            failed = write_failure(e.__cause__) if ckpt.write_failed and e.__cause__ else None
+            if failed is None:
+                raise
+            # The checkpoint's own message names the private directory, gone once this is raised.
+            raise TLMError(f"cannot write the run directory {out}: {failed[0]}",
+                           f"{failed[1]}, then run again (nothing partial was kept)") from e
+        finally:
+            ckpt.close()
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     summary = {"architecture": arch, "parameters": n_params, "workdir": str(out),
                "written": written, "unused_tensors": extras["unused"],

@@ -5,11 +5,12 @@ See :mod:`tlm_jax.hf` for the parameter mapping.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from tlm_jax.config import ModelConfig
+from tlm_jax.config import ModelConfig, show
 from tlm_jax.errors import TLMError
 
 SUPPORTED_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining",
@@ -29,11 +30,16 @@ def hf_architecture(hf: dict[str, Any], state: dict[str, np.ndarray] | None = No
     """The supported HF architecture named by ``hf`` (inferred from ``state`` if unnamed)."""
     model_type = hf.get("model_type", "")
     archs = hf.get("architectures") or []
-    arch = archs[0] if archs else ""
-    if model_type != "bert" or (arch and arch not in SUPPORTED_ARCHITECTURES):
-        raise TLMError(f"unsupported architecture {arch or '(none)'} (model_type "
-                       f"{model_type or '(none)'}) in {where}",
-                       f"import a BERT checkpoint: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    arch = archs[0] if isinstance(archs, list) and archs else ""
+    if (model_type != "bert" or not isinstance(archs, list)
+            or (arch and (not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES))):
+        def plain(x: Any) -> str:  # a short name as is, anything else shortened
+            return x if isinstance(x, str) and len(x) <= 40 else show(x)
+
+        raise TLMError(f"unsupported architecture {plain(arch or archs or '(none)')} (model_type "
+                       f"{plain(model_type or '(none)')}) in {where}",
+                       "import a BERT checkpoint: model_type bert, e.g. BertForMaskedLM "
+                       "(`tlm import-hf --help` lists them)")
     if arch:
         return arch
     keys = state or {}
@@ -51,9 +57,20 @@ def hf_to_model_config(hf: dict[str, Any], where: str = "config.json") -> dict[s
             raise TLMError(f"{where} lacks '{key}'", "use a complete BertConfig config.json")
         return hf[key]
 
+    def num(key: str, kind: type, default: Any = None) -> Any:
+        """``hf[key]`` as a finite ``kind`` (int: a whole number); JSON of another type refused."""
+        value = need(key) if default is None else hf.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and kind is int:
+            ok = float(value).is_integer() and abs(value) < 2**63
+        if not ok:
+            raise TLMError(f"{key}={show(value)} in {where} is not a finite "
+                           f"{'whole ' if kind is int else ''}number", "fix config.json")
+        return kind(value)
+
     act = hf.get("hidden_act", "gelu")
-    if act not in _HF_ACT:
-        raise TLMError(f"hidden_act={act!r} in {where} is not supported",
+    if not isinstance(act, str) or act not in _HF_ACT:
+        raise TLMError(f"hidden_act={show(act)} in {where} is not supported",
                        f"use one of: {', '.join(_HF_ACT)}")
     pos = hf.get("position_embedding_type", "absolute")
     if pos != "absolute":
@@ -61,19 +78,22 @@ def hf_to_model_config(hf: dict[str, Any], where: str = "config.json") -> dict[s
                        "import a BERT with absolute position embeddings")
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise TLMError(f"{where} describes a BERT decoder", "import an encoder (is_decoder=false)")
-    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    hidden, heads = num("hidden_size", int), num("num_attention_heads", int)
+    if hidden < 1 or heads < 1:
+        raise TLMError(f"hidden_size={hidden} and num_attention_heads={heads} in {where} must be "
+                       "positive", "fix config.json")
     if hidden % heads:
         raise TLMError(f"hidden_size={hidden} is not divisible by num_attention_heads={heads} "
                        f"in {where}", "fix config.json")
-    return dict(arch="bert", vocab_size=int(need("vocab_size")), hidden=hidden,
-                layers=int(need("num_hidden_layers")), heads=heads, head_dim=0,
-                intermediate=int(need("intermediate_size")),
-                max_len=int(hf.get("max_position_embeddings", 512)),
-                type_vocab_size=int(hf.get("type_vocab_size", 2)),
-                dropout=float(hf.get("hidden_dropout_prob", 0.1)),
-                attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
-                activation=_HF_ACT[act], layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-                init_std=float(hf.get("initializer_range", 0.02)), conv_blocks=0)
+    return dict(arch="bert", vocab_size=num("vocab_size", int), hidden=hidden,
+                layers=num("num_hidden_layers", int), heads=heads, head_dim=0,
+                intermediate=num("intermediate_size", int),
+                max_len=num("max_position_embeddings", int, 512),
+                type_vocab_size=num("type_vocab_size", int, 2),
+                dropout=num("hidden_dropout_prob", float, 0.1),
+                attention_dropout=num("attention_probs_dropout_prob", float, 0.1),
+                activation=_HF_ACT[act], layer_norm_eps=num("layer_norm_eps", float, 1e-12),
+                init_std=num("initializer_range", float, 0.02), conv_blocks=0)
 
 
 def model_config_to_hf(m: ModelConfig, vocab_size: int, pad_id: int,

@@ -8,13 +8,19 @@ import math
 
 import jax
 
-from tlm_jax.config import MODEL_PRESETS, ModelConfig
+from tlm_jax.config import MODEL_PRESETS, ModelConfig, unknown_preset
 from tlm_jax.models import build_model, init_variables
 from tlm_jax.sharding import unbox
 
 
 def count_preset(name: str, vocab_size: int = 30522) -> dict[str, int | str]:
-    """Parameter count of preset ``name`` (without building arrays: ``jax.eval_shape``)."""
+    """Parameter count of preset ``name`` (without building arrays: ``jax.eval_shape``).
+
+    Raises:
+        TLMError: ``name`` is not a preset (the error names the closest ones).
+    """
+    if name not in MODEL_PRESETS:
+        raise unknown_preset(name)
     cfg = dataclasses.replace(ModelConfig(), preset=name, vocab_size=vocab_size,
                               **MODEL_PRESETS[name])
     model = build_model(cfg)

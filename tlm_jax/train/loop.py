@@ -34,9 +34,10 @@ from tlm_jax.data.tokenizer import load_tokenizer, tokenizer_hash
 from tlm_jax.distributed import is_main_process, maybe_initialize
 from tlm_jax.errors import TLMError
 from tlm_jax.models import count_params
-from tlm_jax.train.checkpoint import Checkpointer
+from tlm_jax.train.checkpoint import Checkpointer, set_aside
 from tlm_jax.train.continual import init_from_run, resolve_init
 from tlm_jax.train.metrics import MetricsLogger
+from tlm_jax.train.nonfinite import NonFiniteGuard
 from tlm_jax.train.run import Run, build_run, data_seed, total_steps
 from tlm_jax.train.selection import SelectionHook
 from tlm_jax.train.state import TrainState, create_state, state_shardings
@@ -117,7 +118,8 @@ def compile_steps(run: Run, shardings: Any, *, pmap: bool = False) -> CompiledSt
     """jit (sharded over ``run.mesh``) or pmap (replicated, data parallel) versions of the steps."""
     axis = "batch" if pmap else None
     train_step = make_train_step(run.model, run.objectives, run.tx, run.schedule,
-                                 grad_accum=run.cfg.optim.grad_accum, axis_name=axis)
+                                 grad_accum=run.cfg.optim.grad_accum, axis_name=axis,
+                                 skip_nonfinite=run.cfg.train.nonfinite == "skip")
     eval_step = make_eval_step(run.model, run.objectives, axis_name=axis)
     if pmap:
         devices = run.mesh.devices.reshape(-1).tolist()
@@ -180,6 +182,29 @@ def pretrain(cfg: Config, workdir: str | Path, *, log: Callable[[str], None] = p
         return _loop(run, workdir, log if main else (lambda _: None))
 
 
+def _set_aside_unreadable(ckpt: Checkpointer, workdir: Path, resumed: bool, restart: bool,
+                          log: Callable[[str], None]) -> Checkpointer:
+    """Move checkpoints that failed to restore out of the rotation (never deleted).
+
+    With none restorable, refuse unless ``train.restart=true``: a run whose storage failed must
+    not silently start again from step 0 and rotate its history away.
+    """
+    failed = sorted(ckpt.failed)
+    if not resumed and not restart:
+        ckpt.close()
+        raise TLMError(f"{workdir / 'checkpoints'} holds {len(failed)} checkpoint(s) (steps "
+                       f"{', '.join(map(str, failed[:5]))}{', ...' if len(failed) > 5 else ''}) and "
+                       f"none can be restored: {ckpt.failed[failed[-1]]}",
+                       "restore the files, or pass train.restart=true to start from step 0 (the "
+                       "unreadable checkpoints are kept in checkpoints_unreadable/)")
+    ckpt.close()
+    moved = set_aside(workdir / "checkpoints", workdir / "checkpoints_unreadable", failed)
+    log(f"warning: moved {len(moved)} unreadable checkpoint(s) to {workdir / 'checkpoints_unreadable'}"
+        + ("" if resumed else "; starting from step 0 (train.restart=true)"))
+    return Checkpointer(ckpt.directory, every=ckpt.every, keep=ckpt.keep, async_save=ckpt.async_save,
+                        log=ckpt.log)
+
+
 def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     cfg, mesh = run.cfg, run.mesh
     pmap = cfg.train.parallel == "pmap"
@@ -189,6 +214,8 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
                         keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoint,
                         log=log)
     restored = ckpt.restore(abstract, shardings)
+    if ckpt.failed:
+        ckpt = _set_aside_unreadable(ckpt, workdir, restored is not None, cfg.train.restart, log)
     data_state: dict[str, Any] = {}
     if restored:
         start, state, data_state, _ = restored
@@ -219,7 +246,7 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
     main = is_main_process()
     pad = run.corpus.special.pad
     logger = MetricsLogger(workdir, resume_step=start, tensorboard=cfg.train.tensorboard,
-                           enabled=main)
+                           enabled=main, config=cfg)
     meta = {"config": to_dict(cfg), "tokenizer_hash": run.corpus.info["tokenizer_hash"]}
 
     def evaluate(step: int) -> dict[str, float]:
@@ -245,6 +272,9 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
     t_start = time.perf_counter()
     metrics: dict[str, Any] = {}
     step = start
+    guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped, ckpt, logger)
+    pending: tuple[int, dict[str, Any]] | None = None
+    finished = False
     try:
         for step in range(start, run.steps):
             if selection is not None and selection.due(step):
@@ -252,6 +282,10 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
                                        workers=cfg.data.grain_workers, main=main)
             batch = next(it)
             state, metrics = step_fn(state, prep(batch))
+            # Checked one step late, so the host never waits for the step it just dispatched.
+            if pending is not None:
+                guard.check(*pending)
+            pending = (step + 1, metrics)
             steps_since += 1
             tokens_since += float((batch["input_ids"] != pad).sum()) * jax.process_count()
             done = step + 1
@@ -269,15 +303,21 @@ def _loop(run: Run, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != run.steps:
                 last_val = evaluate(done)
             if done % cfg.train.checkpoint_every == 0 or done == run.steps:
+                guard.check(done, metrics)  # never checkpoint a non-finite state
                 if done == run.steps and len(run.val_source):
                     last_val = evaluate(done)
                 ckpt.save(done, host_state(state), it.get_state(), {**meta, "step": done},
                           force=done == run.steps)
             bar.update(1)
+        finished = True
     finally:
         bar.close()
-        ckpt.close()
-        logger.close()
+        try:
+            # A refused async save stops a finished loop with its one line; an error already
+            # on its way (a refused save, a non-finite loss, Ctrl-C) stays the one shown.
+            ckpt.close(quiet=not finished)
+        finally:
+            logger.close()
     seconds = time.perf_counter() - t_start
     summary = {"workdir": str(workdir), "steps": run.steps, "start_step": start,
                "parameters": n_params, "seconds": round(seconds, 1),

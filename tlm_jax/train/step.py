@@ -63,7 +63,8 @@ def _prepare(objectives: list[tuple[Objective, float]], batch: Batch, rng: jax.A
 
 def make_train_step(model: nn.Module, objectives: list[tuple[Objective, float]],
                     tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    grad_accum: int = 1, axis_name: str | None = None
+                    grad_accum: int = 1, axis_name: str | None = None,
+                    skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Build the pure train step.
 
@@ -73,6 +74,9 @@ def make_train_step(model: nn.Module, objectives: list[tuple[Objective, float]],
         tx: the optax transformation; ``schedule`` is only reported.
         grad_accum: microbatches per step (scanned; one optimizer update per step).
         axis_name: set under ``jax.pmap``: gradients are summed over this axis.
+        skip_nonfinite: a step whose loss or gradient norm is not finite leaves the state as
+            it was (parameters, optimizer, model state; the step counter still advances) and
+            reports ``skipped = 1`` (``train.nonfinite=skip``).
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -122,6 +126,12 @@ def make_train_step(model: nn.Module, objectives: list[tuple[Objective, float]],
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         ntok = (batch["input_ids"] != objectives[0][0].special.pad).sum()
         metrics["tokens"] = _psum(ntok, axis_name).astype(jnp.float32)
+        if skip_nonfinite:
+            ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+            new_ms = keep(new_ms, state.model_state)
+            metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=new_ms)
         return new_state, metrics

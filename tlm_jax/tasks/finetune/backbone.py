@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from tlm_jax.config import ModelConfig, read_config
+from tlm_jax.config import MERGE_ERRORS, ModelConfig, read_config
 from tlm_jax.data.tokenizer import encode, load_tokenizer, padded_vocab, special_tokens, tokenizer_hash
 from tlm_jax.errors import TLMError
 from tlm_jax.tasks import load_task
@@ -54,7 +53,7 @@ def _apply_model_overrides(base: ModelConfig, over: dict[str, Any], *, allow_sha
                            "only model.dropout/attention_dropout/dtype may be overridden")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(base), over)
-    except OmegaConfBaseException as e:
+    except MERGE_ERRORS as e:
         raise config_error(e, "model overrides") from e
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
@@ -160,7 +159,8 @@ def seq_length(rows_by_split: Sequence[Sequence[np.ndarray]], max_len: int, mult
 def load_task_data(tc: TaskConfig, seed: int) -> Any:
     """The task's :class:`~tlm_jax.tasks.ClassificationData` for ``seed``."""
     if not tc.name:
-        raise TLMError("no task given", "pass --task ag_news|dbpedia|fewrel|synthetic|csv:PATH|tfds:NAME")
+        raise TLMError("no task given",
+                       "pass --task ag_news|dbpedia|fewrel|synthetic|csv:PATH|tfds:NAME|hf:PATH")
     opts: dict[str, Any] = {
         "seed": seed, "test_fraction": tc.test_fraction, "val_fraction": tc.val_fraction,
         "train_per_class": tc.train_per_class or None, "test_per_class": tc.test_per_class or None,
@@ -182,4 +182,10 @@ def load_task_data(tc: TaskConfig, seed: int) -> Any:
             raise TLMError("a TFDS task needs a dataset name", "pass --task tfds:NAME")
         opts.update(dataset=tc.path, text_keys=list(tc.text_columns), label_key=tc.label_column)
         return load_task("tfds", data_dir, **opts)
+    if tc.name == "hf":
+        if not tc.path:
+            raise TLMError("a Hugging Face task needs a dataset", "pass --task hf:PATH[:CONFIG]")
+        opts.update(path=tc.path, config=tc.hf_name or None, splits=list(tc.hf_splits) or None,
+                    text_columns=list(tc.text_columns), label_column=tc.label_column)
+        return load_task("hf", **opts)
     return load_task(tc.name, data_dir, **opts)

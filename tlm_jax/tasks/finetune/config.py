@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tlm_jax.config import MeshConfig, ModelConfig, OptimConfig, load_yaml
+from tlm_jax.config import (
+    MERGE_ERRORS,
+    OPTIM_RANGES,
+    MeshConfig,
+    ModelConfig,
+    OptimConfig,
+    check_ranges,
+    check_sections,
+    load_yaml,
+    merge_error,
+    parse_overrides,
+    show,
+    validate_model,
+)
 from tlm_jax.errors import TLMError
 from tlm_jax.models.classifier import POOLINGS
+from tlm_jax.tasks.hf_reader import parse_hf_spec
 
 # ----------------------------------------------------------------------------
 # Configuration
@@ -23,11 +37,14 @@ from tlm_jax.models.classifier import POOLINGS
 class TaskConfig:
     """Which task and how it is split (see :func:`tlm_jax.tasks.make_splits`).
 
-    ``name``: ``ag_news`` | ``dbpedia`` | ``fewrel`` | ``synthetic`` | ``generic`` | ``tfds``.
+    ``name``: ``ag_news`` | ``dbpedia`` | ``fewrel`` | ``synthetic`` | ``generic`` | ``tfds`` | ``hf``.
     ``--task csv:PATH`` (``tsv:``/``jsonl:``) sets ``name=generic path=PATH
-    format=csv``; ``--task tfds:NAME`` sets ``name=tfds path=NAME``. For generic
+    format=csv``; ``--task tfds:NAME`` sets ``name=tfds path=NAME``; ``--task
+    hf:PATH[:CONFIG]`` sets ``name=hf path=PATH hf_name=CONFIG`` (a Hugging Face
+    dataset: a save_to_disk folder, a folder of data files or a Hub name). For generic
     files ``text_columns``/``label_column`` name the columns (or 0-based
-    indices); for TFDS they are the feature keys. Counts of 0 mean "not set".
+    indices); for TFDS they are the feature keys, for ``hf`` the dataset's columns.
+    Counts of 0 mean "not set".
     """
 
     name: str = ""
@@ -38,6 +55,10 @@ class TaskConfig:
     has_header: bool = True
     test_path: str = ""
     data_dir: str = ""  # "" = $TLM_DATA_DIR (built-in tasks) / TFDS default
+    hf_name: str = ""  # hf: the dataset's config
+    # hf: [train, test] split names, or one split divided here; [] = train + test (else
+    # validation), or the only split.
+    hf_splits: list[str] = field(default_factory=list)
     train_per_class: int = 0
     test_per_class: int = 0
     val_fraction: float = 0.1
@@ -89,30 +110,22 @@ class FinetuneConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
-def config_error(err: OmegaConfBaseException, where: str) -> TLMError:
-    """An OmegaConf merge error as a :class:`TLMError` naming the bad key and the valid ones."""
-    key = getattr(err, "full_key", "") or ""
-    msg = str(err).splitlines()[0]
-    if "not in struct" in msg or ("Key '" in msg and "not" in msg):
-        section = key.rsplit(".", 1)[0] if "." in key else ""
-        node: Any = FinetuneConfig()
-        for part in filter(None, section.split(".")):
-            node = getattr(node, part, None)
-        valid = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(
-            node) else ""
-        return TLMError(f"unknown fine-tuning config key '{key}' in {where}",
-                        f"valid keys{' under ' + section if section else ''}: {valid}")
-    return TLMError(f"bad fine-tuning config value for '{key}' in {where}: {msg}",
-                    "check the value's type")
+def config_error(err: Exception, where: str) -> TLMError:
+    """An OmegaConf merge error as a :class:`TLMError` naming the bad key and the nearest valid ones."""
+    return merge_error(err, where, FinetuneConfig(), "fine-tuning config")
 
 
 def parse_task_arg(task: str) -> dict[str, str]:
-    """``--task`` -> ``task.*`` settings: a built-in name, ``csv:PATH``, ``tfds:NAME`` or a path."""
+    """``--task`` -> ``task.*`` settings: a built-in name, ``csv:PATH``, ``tfds:NAME``,
+    ``hf:PATH[:CONFIG]`` or a path."""
     kind, sep, rest = task.partition(":")
     if sep and kind in ("csv", "tsv", "jsonl"):
         return {"name": "generic", "path": rest, "format": kind}
     if sep and kind == "tfds":
         return {"name": "tfds", "path": rest}
+    if sep and kind == "hf":
+        path, config = parse_hf_spec(rest)
+        return {"name": "hf", "path": path, "hf_name": config or ""}
     if sep and kind == "generic":
         return {"name": "generic", "path": rest}
     low = task.lower()
@@ -125,22 +138,22 @@ def load_finetune_config(config: str | None = None, overrides: Sequence[str] = (
                          task: str | None = None) -> FinetuneConfig:
     """Defaults -> YAML (``--config``) -> ``--task`` -> ``key=value`` overrides."""
     file_part: dict[str, Any] = load_yaml(config) if config else {}
-    for item in overrides:
-        if "=" not in item:
-            raise TLMError(f"override '{item}' is not key=value", "write e.g. train.epochs=5")
-    try:
-        cli_part = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise TLMError(f"cannot parse overrides: {e}", "write key=value pairs") from e
+    check_sections(file_part, FinetuneConfig(), f"config file {config}")
+    cli_part = parse_overrides(overrides, "train.epochs=5")
+    check_sections(OmegaConf.to_container(cli_part), FinetuneConfig(), "command-line overrides",
+                   drop_null=False)
     merged = OmegaConf.structured(FinetuneConfig)
     for part, where in ((file_part, f"config file {config}"),
                         ({"task": parse_task_arg(task)} if task else {}, "--task"),
                         (cli_part, "command-line overrides")):
         try:
             merged = OmegaConf.merge(merged, part)
-        except OmegaConfBaseException as e:
+        except MERGE_ERRORS as e:
             raise config_error(e, where) from e
-    cfg: FinetuneConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    try:  # resolves ${...} interpolations
+        cfg: FinetuneConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise config_error(e, "the merged config") from e
     validate_finetune(cfg)
     return cfg
 
@@ -155,17 +168,47 @@ def model_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return dict(parsed.get("model") or {}) if isinstance(parsed, dict) else out
 
 
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+# Fine-tuning's optim.warmup_steps=-1 means "train.warmup_ratio of the steps".
+_WARMUP = ("optim.warmup_steps", lambda v: v >= -1, ">= -1 (-1 = from train.warmup_ratio)")
+# (key, predicate, what the value must be), as tlm_jax.config's table for pretraining.
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("task.train_per_class", lambda v: v >= 0, ">= 0 (0 = from task.test_fraction)"),
+    ("task.test_per_class", lambda v: v >= 0, ">= 0 (0 = not set)"),
+    ("task.val_fraction", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("task.test_fraction", lambda v: _finite(v) and 0 < v < 1, "in (0, 1)"),
+    ("task.max_train", lambda v: v >= 0, ">= 0 (0 = no cap)"),
+    ("task.max_test", lambda v: v >= 0, ">= 0 (0 = no cap)"),
+    ("task.split_seed", lambda v: -1 <= v < 2**32, "in [-1, 2**32) (-1 = the run's seed)"),
+    ("task.max_len", lambda v: v == 0 or v >= 2, "0 (the run's data.max_len) or at least 2 tokens"),
+    ("head.dropout", lambda v: _finite(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    ("head.init_std", lambda v: _finite(v) and v > 0, "a small positive number, e.g. 0.02"),
+    ("train.batch_size", lambda v: v >= 1, "a positive number of examples"),
+    ("train.eval_batch_size", lambda v: v >= 1, "a positive number of examples"),
+    ("train.epochs", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("train.steps", lambda v: v >= 0, ">= 0 (0 = from train.epochs)"),
+    ("train.warmup_ratio", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("train.eval_every", lambda v: v >= 0, ">= 0 (0 = once per epoch)"),
+    ("train.patience", lambda v: v >= 0, ">= 0 (0 = never stop early)"),
+    ("train.log_every", lambda v: v >= 1, "a positive number of steps"),
+    ("mesh.data", lambda v: v == -1 or v >= 1, "a positive size, or -1 (the remaining devices)"),
+    ("mesh.fsdp", lambda v: v == -1 or v >= 1, "a positive size, or -1 (the remaining devices)"),
+    ("mesh.tensor", lambda v: v == -1 or v >= 1, "a positive size, or -1 (the remaining devices)"),
+    *(_WARMUP if r[0] == _WARMUP[0] else r for r in OPTIM_RANGES),
+)
+
+
 def validate_finetune(cfg: FinetuneConfig) -> None:
-    """Refuse settings that cannot work, with the fix."""
+    """Refuse settings that cannot work, with the fix (one key at a time)."""
+    check_ranges(cfg, _RANGES)
+    validate_model(cfg.model)  # a twin's architecture (a run's model only takes a few overrides)
     if cfg.head.pooling not in POOLINGS:
-        raise TLMError(f"head.pooling={cfg.head.pooling!r} is unknown", f"use one of {POOLINGS}")
+        raise TLMError(f"head.pooling={show(cfg.head.pooling)} is unknown", f"use one of {POOLINGS}")
     if cfg.train.metric not in ("accuracy", "macro_f1", "loss"):
-        raise TLMError(f"train.metric={cfg.train.metric!r} is unknown",
+        raise TLMError(f"train.metric={show(cfg.train.metric)} is unknown",
                        "use accuracy, macro_f1 or loss")
-    if cfg.train.batch_size < 1 or cfg.train.eval_batch_size < 1:
-        raise TLMError("train.batch_size and train.eval_batch_size must be >= 1", "fix them")
     if cfg.train.steps <= 0 and cfg.train.epochs <= 0:
         raise TLMError("neither train.steps nor train.epochs is positive", "set one of them")
-    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
-        raise TLMError(f"train.warmup_ratio={cfg.train.warmup_ratio} is outside [0, 1)",
-                       "use e.g. 0.1")

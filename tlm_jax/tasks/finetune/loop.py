@@ -84,6 +84,24 @@ def _train_batch(ids: np.ndarray, labels: np.ndarray, idx: np.ndarray, batch: in
 
 
 
+def _resume_best(best_ckpt: Checkpointer, start: int, best_step: int, abstract: Any,
+                 shardings: Any, seed: int) -> tuple[Any, Any] | None:
+    """The best weights a seed resumed at ``start`` knows of (saved at ``best_step``; 0: none).
+
+    Best checkpoints newer than ``start`` were saved by a run killed before its step checkpoint:
+    they are dropped (the resumed run replays those steps, and would find their step taken).
+    """
+    best_ckpt.drop_after(start)
+    if not best_step:
+        return None
+    rb = best_ckpt.restore(abstract, shardings, only=best_step)
+    if rb is None:
+        raise TLMError(f"seed {seed}: the best checkpoint (step {best_step}) in {best_ckpt.directory} "
+                       "is missing or cannot be restored",
+                       f"delete {best_ckpt.directory.parent} to run this seed again")
+    return jax.device_get((rb[1].params, rb[1].model_state))
+
+
 def _better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
@@ -129,16 +147,19 @@ def finetune_seed(cfg: FinetuneConfig, backbone: Backbone, data: Any, seed: int,
         best_params = best_ms = None
         if tcfg.checkpoint:
             ckpt = Checkpointer(workdir / "checkpoints", every=1, keep=1, async_save=False, log=log)
-            best_ckpt = Checkpointer(workdir / "best", every=1, keep=1, async_save=False, log=log)
+            # Two kept: a new best is saved before the step's checkpoint, so a run killed between
+            # the two still finds the best its resumed step knows (see _resume_best).
+            best_ckpt = Checkpointer(workdir / "best", every=1, keep=2, async_save=False, log=log)
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
             restored = ckpt.restore(abstract, comp.shardings)
             if restored is not None:
                 start, state, _, meta = restored
                 meta_es.update(meta.get("early_stopping") or {})
-                rb = best_ckpt.restore(abstract, comp.shardings)
-                if rb is not None:
-                    best_params, best_ms = jax.device_get((rb[1].params, rb[1].model_state))
                 log(f"seed {seed}: resumed at step {start}")
+            best = _resume_best(best_ckpt, start, meta_es["best_step"] if restored else 0,
+                                abstract, comp.shardings, seed)
+            if best is not None:
+                best_params, best_ms = best
         logger = MetricsLogger(workdir, resume_step=start, tensorboard=tcfg.tensorboard,
                                enabled=jax.process_index() == 0)
 
