@@ -6,7 +6,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,36 +13,9 @@ from typing import Any
 import flax
 import jax
 
+from tlm_jax.hostinfo import cpu_flags, cpu_model
+
 os.environ.setdefault("TLM_CACHE_DIR", "/tmp/tlmcache_bench")
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-# The CPU features that decide which matmul kernels XLA and torch can use: without
-# avx512_bf16 (or amx_bf16) a bf16 matmul is emulated and slower than f32.
-MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    """Which of :data:`MATMUL_FLAGS` this CPU reports (Linux ``/proc/cpuinfo``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in MATMUL_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
 
 
 def machine() -> dict[str, Any]:

@@ -12,6 +12,11 @@ Sub-runs (pretraining runs, fine-tunes) live under ``--runs-dir`` (default
 ``DIR/runs``), one workdir each; a finished sub-run (``summary.json`` /
 ``results.json`` present) is skipped, an unfinished pretraining run resumes from
 its checkpoints. Pointing several experiments at the same ``--runs-dir`` lets
-them share identical sub-runs (e.g. the largest ``data_size`` run *is* the
-``pretrain_gap`` run). Reports never contain checkpoints.
+them share identical sub-runs (e.g. ``pretrain_gap``'s run is the tokenizer of
+``data_size`` and the base of ``continual``). Reports never contain checkpoints.
+
+``python -m experiments.reproduce`` runs every experiment in that way (one runs
+directory, shared runs first, resumable) and rewrites the README's tables from the
+reports; every report carries its pretraining budget and the plateau guard's
+verdict (:mod:`experiments.guard`).
 """

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import environment, log, md_table, plt, write_report
+from experiments.common import environment, log, md_table, plt, pretrain_summary, write_report
 from tlm_jax.config import load_config
 from tlm_jax.data.corpus import doc_factory, prepare_corpus
 from tlm_jax.errors import TLMError
@@ -353,9 +353,11 @@ exactly the same quantity.
 
 """ + "\n".join(f"* **{n}**: " + " / ".join(f"`{e['text'][:120]}`" for e in r["examples"][:3])
                 for n, r in results.items())
+    # Each run's budget and unigram baseline (pretrain_summary) feed the report's plateau guard.
     write_report(workdir, md, {"preset": p.__dict__, "data": stats, "runs": {
-        k: {"first_val": s["first_val"], "final_val": s["final_val"], "seconds": s["seconds"],
-            "parameters": s["parameters"]} for k, s in summaries.items()},
+        k: {**pretrain_summary(runs / f"{args.preset}-{k}"), "first_val": s["first_val"],
+            "final_val": s["final_val"], "seconds": s["seconds"], "parameters": s["parameters"]}
+        for k, s in summaries.items()},
         "samples": results, "p_value_good_vs_mle": p_value, "ratio_good_vs_mle": rel,
         "control_sensitivity": sens, "model_uses_control_token": uses_token,
         "hits_per_word_ratio_good_vs_mle": per_word,

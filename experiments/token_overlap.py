@@ -74,7 +74,8 @@ def collect(preset: C.Preset, root: Path, tasks: list[str], all_tasks: list[str]
                            "pretrained_accuracy": r["pretrained"]["accuracy"],
                            "random_accuracy": r["random"]["accuracy"], "overlap": st})
         C.log(f"overlap computed for {n} documents")
-    return {"points": points}
+    # The runs' budgets and losses travel into report.json (the plateau guard judges them).
+    return {"points": points, "pretrain": {str(n): s["pretrain"] for n, s in grid["sizes"].items()}}
 
 
 def render(out: dict[str, Any], preset: C.Preset, seeds: list[int], workdir: Path
@@ -164,7 +165,8 @@ def render(out: dict[str, Any], preset: C.Preset, seeds: list[int], workdir: Pat
     plt.close(fig)
     md += ["", "![gap vs overlap](token_overlap.png)"]
     data = {"preset": preset.name, "k": k, "seeds": seeds, "points": pts,
-            "correlations": corr, "environment": C.environment()}
+            "correlations": corr, "pretrain": out.get("pretrain", {}),
+            "environment": C.environment()}
     return "\n".join(md), data
 
 
