@@ -205,7 +205,7 @@ def test_output_directory_that_is_a_file_is_refused(cmd, tmp_path, capsys) -> No
     f.write_text("keep me")
     argv = [a.format(f=f, d=tmp_path) for a in cmd]
     line = _one_line(argv, capsys)
-    assert "not a directory" in line and str(f) in line
+    assert "not a directory" in line and f.name in line  # long paths are shortened in the middle
     assert f.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
