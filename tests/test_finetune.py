@@ -276,3 +276,21 @@ def test_fingerprint_follows_the_pretrained_checkpoint_step(tmp_path) -> None:
     assert _fingerprint(cfg, bb) == before
     (tmp_path / "checkpoints" / "200").mkdir()
     assert _fingerprint(cfg, bb) != before
+
+
+def test_unreadable_seed_checkpoint_is_refused_not_retrained(tiny_run, tmp_path) -> None:
+    """A seed whose checkpoints all fail to restore is refused in one line, not silently
+    trained again over them (the pretraining rule, issue #19)."""
+    from tlm_jax.errors import TLMError
+
+    cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "train.checkpoint=true")
+    finetune(cfg, tiny_run, tmp_path / "out", [0], log=lambda _: None)
+    seed_dir = tmp_path / "out" / "seed_0"
+    (seed_dir / "results.json").unlink()  # as if killed before the seed finished
+    for f in (seed_dir / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    before = sorted(p.name for p in (seed_dir / "checkpoints").iterdir())
+    with pytest.raises(TLMError, match=r"seed 0: the checkpoint\(s\) .* cannot be restored"):
+        finetune(cfg, tiny_run, tmp_path / "out", [0], log=lambda _: None)
+    assert sorted(p.name for p in (seed_dir / "checkpoints").iterdir()) == before

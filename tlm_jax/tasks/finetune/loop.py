@@ -152,6 +152,14 @@ def finetune_seed(cfg: FinetuneConfig, backbone: Backbone, data: Any, seed: int,
             best_ckpt = Checkpointer(workdir / "best", every=1, keep=2, async_save=False, log=log)
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
             restored = ckpt.restore(abstract, comp.shardings)
+            if restored is None and ckpt.failed:
+                # As in pretraining: never silently train a seed again over unreadable files.
+                ckpt.close()
+                best_ckpt.close()
+                raise TLMError(f"seed {seed}: the checkpoint(s) in {workdir / 'checkpoints'} "
+                               f"(steps {', '.join(map(str, sorted(ckpt.failed)))}) cannot be "
+                               "restored", f"restore the files, or delete {workdir} to train "
+                               "this seed again")
             if restored is not None:
                 start, state, _, meta = restored
                 meta_es.update(meta.get("early_stopping") or {})
