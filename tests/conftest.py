@@ -194,3 +194,19 @@ def attention_inputs(shape: tuple[int, int, int, int], pad: int, keep_prob: floa
     keep = jax.random.bernoulli(k2, keep_prob, (b, h, s, s)) if dropout else None
     g = jax.random.normal(k3, (b, s, h, d), jnp.float32)
     return qkv, valid, allowed, keep, g, k4
+
+
+def keyword_csv(path: Path, n_per_class: int = 24) -> Path:
+    """A 2-column CSV (text,label) whose label is given away by a keyword (fine-tuning tests)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    filler = ["the", "city", "club", "season", "league", "team", "river", "album", "film", "school"]
+    rows = ["text,label"]
+    for i in range(n_per_class):
+        for label, word in (("pos", "good"), ("neg", "bad")):
+            words = list(rng.choice(filler, 6)) + [word] * 3
+            rng.shuffle(words)
+            rows.append(f"{' '.join(words)} {i},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, keyword_csv
 
 from tlm_jax.train.metrics import read_metrics
 
@@ -203,20 +203,6 @@ def test_cache_directory_that_is_a_file_is_one_line(tmp_path, monkeypatch) -> No
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def _csv(path: Path, n_per_class: int = 24) -> Path:
-    """A 2-column CSV (text,label) whose label is given away by a keyword."""
-    rng = np.random.default_rng(0)
-    filler = ["the", "city", "club", "season", "league", "team", "river", "album", "film", "school"]
-    rows = ["text,label"]
-    for i in range(n_per_class):
-        for label, word in (("pos", "good"), ("neg", "bad")):
-            words = [*rng.choice(filler, 6), *[word] * 3]
-            rng.shuffle(words)
-            rows.append(f"{' '.join(words)} {i},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 # The random-init twin of a tiny model (no pretraining run needed); 28 training rows in batches of
 # 8: 4 steps an epoch, 12 in all; the validation loss after each epoch (it falls at each:
 # measured), each improvement saved to best/ before the step's checkpoint.
@@ -232,7 +218,7 @@ _TIMES = {"seconds", "train_seconds"}
 def test_finetune_killed_inside_and_between_seeds_ends_as_if_uninterrupted(tmp_path) -> None:
     from tlm_jax.data.tokenizer import train_wordpiece
 
-    csv = _csv(tmp_path / "d.csv")
+    csv = keyword_csv(tmp_path / "d.csv")
     tok = tmp_path / "tokenizer.json"
     train_wordpiece(csv.read_text().splitlines()[1:], 200).save(str(tok))
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, keyword_csv
 
 from tlm_jax.config import load_config
 from tlm_jax.errors import TLMError
@@ -34,20 +34,6 @@ TINY_PRE = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.interme
             "data.vocab_size=1000", "train.batch_size=16", "train.steps=2",
             "train.eval_every=0", "train.checkpoint_every=2", "train.progress=false",
             "train.tensorboard=false", "optim.warmup_steps=1", "data.val_fraction=0.0"]
-
-
-def _csv(path: Path, n_per_class: int = 24) -> Path:
-    """A 2-column CSV (text,label) whose label is given away by a keyword."""
-    rng = np.random.default_rng(0)
-    filler = ["the", "city", "club", "season", "league", "team", "river", "album", "film", "school"]
-    rows = ["text,label"]
-    for i in range(n_per_class):
-        for label, word in (("pos", "good"), ("neg", "bad")):
-            words = list(rng.choice(filler, 6)) + [word] * 3
-            rng.shuffle(words)
-            rows.append(f"{' '.join(words)} {i},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +133,7 @@ def test_frozen_encoder_is_really_frozen(tiny_run, tmp_path) -> None:
     from tlm_jax.tasks.finetune.loop import _graft_pretrained
     from tlm_jax.train.pretrained import load_pretrained_variables
 
-    cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "head.freeze_encoder=true", "optim.lr=1e-1",
+    cfg = _ft_cfg(keyword_csv(tmp_path / "d.csv"), "head.freeze_encoder=true", "optim.lr=1e-1",
                   "optim.weight_decay=0.5")
     bb = resolve_backbone(tiny_run, tokenizer_from=None, cfg=cfg)
     comp = compile_finetune(bb, cfg, 2, 16, 10)
@@ -181,7 +167,7 @@ def test_predict_in_cpu_row_chunks_matches_small_batches(tiny_run, tmp_path) -> 
     from tlm_jax.tasks.finetune import predict_logits, resolve_backbone
     from tlm_jax.tasks.finetune.compiled import compile_finetune
 
-    cfg = _ft_cfg(_csv(tmp_path / "d.csv"))  # the batch split over 8 devices
+    cfg = _ft_cfg(keyword_csv(tmp_path / "d.csv"))  # the batch split over 8 devices
     bb = resolve_backbone(tiny_run, tokenizer_from=None, cfg=cfg)
     comp = compile_finetune(bb, cfg, 3, 16, 10)
     assert comp.mesh.shape["data"] == 8 and default_chunk_rows(16) == 64
@@ -202,7 +188,7 @@ def test_early_stopping_resume_and_twin(tiny_run, tmp_path) -> None:
     # With lr 1e-30 (0 is refused as a config error) the weights do not move, so the
     # validation metric never improves after the first check and patience 1 stops at the
     # second check, long before the 20-epoch budget.
-    cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "optim.lr=1e-30", "train.patience=1",
+    cfg = _ft_cfg(keyword_csv(tmp_path / "d.csv"), "optim.lr=1e-30", "train.patience=1",
                   "train.epochs=20", "train.checkpoint=true")
     res = finetune(cfg, tiny_run, tmp_path / "out", [0], log=lambda _: None)
     seed = json.loads((tmp_path / "out" / "seed_0" / "results.json").read_text())
@@ -218,7 +204,7 @@ def test_early_stopping_resume_and_twin(tiny_run, tmp_path) -> None:
     again = finetune(cfg, tiny_run, tmp_path / "out", [0], log=msgs.append)
     assert any("skipped" in m for m in msgs) and again["accuracy"] == res["accuracy"]
     # ... but never reused for another config or backbone: that would mix results.
-    other = _ft_cfg(_csv(tmp_path / "d.csv"), "optim.lr=1e-3", "train.patience=1",
+    other = _ft_cfg(keyword_csv(tmp_path / "d.csv"), "optim.lr=1e-3", "train.patience=1",
                     "train.epochs=20", "train.checkpoint=true")
     with pytest.raises(TLMError, match="another config or backbone"):
         finetune(other, tiny_run, tmp_path / "out", [0], log=lambda _: None)
@@ -236,7 +222,7 @@ def test_early_stopping_resume_and_twin(tiny_run, tmp_path) -> None:
 
 
 def test_cli_generic_csv_end_to_end(tiny_run, tmp_path) -> None:
-    csv = _csv(tmp_path / "reviews.csv")
+    csv = keyword_csv(tmp_path / "reviews.csv")
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "tlm_jax.cli", "finetune", "--pretrained", str(tiny_run),
            "--task", f"csv:{csv}", "--workdir", str(out), "--seeds", "0,1",
@@ -271,7 +257,7 @@ def test_fingerprint_follows_the_pretrained_checkpoint_step(tmp_path) -> None:
     (tmp_path / "checkpoints" / "100").mkdir(parents=True)
     info = {"init": "pretrained", "tokenizer_hash": "abc", "model": {"hidden": 8}, "max_len": 16}
     bb = Backbone(None, None, None, 16, tmp_path, "run", info)
-    cfg = _ft_cfg(_csv(tmp_path / "d.csv"))
+    cfg = _ft_cfg(keyword_csv(tmp_path / "d.csv"))
     before = _fingerprint(cfg, bb)
     assert _fingerprint(cfg, bb) == before
     (tmp_path / "checkpoints" / "200").mkdir()
@@ -283,7 +269,7 @@ def test_unreadable_seed_checkpoint_is_refused_not_retrained(tiny_run, tmp_path)
     trained again over them (the pretraining rule, issue #19)."""
     from tlm_jax.errors import TLMError
 
-    cfg = _ft_cfg(_csv(tmp_path / "d.csv"), "train.checkpoint=true")
+    cfg = _ft_cfg(keyword_csv(tmp_path / "d.csv"), "train.checkpoint=true")
     finetune(cfg, tiny_run, tmp_path / "out", [0], log=lambda _: None)
     seed_dir = tmp_path / "out" / "seed_0"
     (seed_dir / "results.json").unlink()  # as if killed before the seed finished
